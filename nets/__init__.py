@@ -1,0 +1,11 @@
+"""Shared net definitions, written once and used by every model folder's ``net.py``.
+
+- ``nets.vgg``: the VGG16 trunk (FCN form) and the ILSVRC VGG16 classifier.
+- ``nets.fcn``: the FCN score, upsampling and skip layers, and the staged nets
+  (FCN-32s, FCN-16s, FCN-8s, FCN-8s at-once).
+- ``nets.voc``: the PASCAL VOC data layers and the train / val / deploy triple.
+- ``nets.write``: writes NetParameters as prototxt files.
+"""
+from . import vgg, fcn, voc, write
+
+__all__ = ['vgg', 'fcn', 'voc', 'write']

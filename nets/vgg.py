@@ -1,0 +1,134 @@
+"""VGG16: the trunk of the FCN nets and the ILSVRC classifier it starts from.
+
+Widths scale with ``width`` (1.0 gives VGG16's own) so that a narrow variant of
+the same nets can share this code; class counts never scale.
+"""
+import torchcaffe as caffe
+from torchcaffe import layers as L, params as P
+
+# Every learned FCN convolution: weights learn at the base rate and are decayed,
+# biases learn twice as fast and are not decayed (Caffe's usual convention).
+LEARNED = [dict(lr_mult=1, decay_mult=1), dict(lr_mult=2, decay_mult=0)]
+
+# VGG16's five convolution blocks as (convolutions, num_output); each ends in pool<i>.
+BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
+FC_OUTPUT = 4096
+
+# The classifier's input: Caffe's ILSVRC deploy nets take a batch of 10 crops
+# (the centre, four corners and their mirrors) of 224 x 224.
+CLASSIFIER_INPUT = (10, 3, 224, 224)
+ILSVRC_CLASSES = 1000
+
+
+def scaled(num_output, width):
+    """``num_output`` times ``width``, rounded, and at least 1.
+
+    >>> scaled(512, 1.0), scaled(512, 0.25), scaled(64, 0.001)
+    (512, 128, 1)
+    """
+    return max(1, int(round(num_output * width)))
+
+
+def conv_relu(bottom, nout, ks=3, stride=1, pad=1, param=LEARNED):
+    """A convolution and its in-place ReLU; ``None`` leaves a field unset.
+
+    Returns
+    -------
+    (conv, relu) : the two tops, to assign as ``n.convX_Y, n.reluX_Y``.
+    """
+    kwargs = dict(kernel_size=ks, stride=stride, num_output=nout, pad=pad, param=param)
+    conv = L.Convolution(bottom, **{k: v for k, v in kwargs.items() if v is not None})
+    return conv, L.ReLU(conv, in_place=True)
+
+
+def max_pool(bottom, ks=2, stride=2):
+    """Caffe MAX pooling (output size rounds up)."""
+    return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
+
+
+def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED):
+    """Add conv1_1 ... conv5_3 with their ReLUs and pool1 ... pool5 to ``n``.
+
+    Parameters
+    ----------
+    n : NetSpec
+    bottom : Top
+        The image blob.
+    width : float
+        Multiplier on every num_output.
+    first_pad : int
+        Padding of conv1_1; the FCN nets use 100 so that any input size survives
+        the 7 x 7 fc6 and the score map can be cropped back to the input.
+    stride, param :
+        Convolution stride and param specs; ``None`` leaves them unset, as the
+        ILSVRC classifier does.
+
+    Returns
+    -------
+    Top : pool5.
+    """
+    top = bottom
+    for b, (convs, nout) in enumerate(BLOCKS, start=1):
+        for c in range(1, convs + 1):
+            pad = first_pad if (b, c) == (1, 1) else 1
+            conv, relu = conv_relu(top, scaled(nout, width), stride=stride, pad=pad,
+                                   param=param)
+            setattr(n, 'conv%d_%d' % (b, c), conv)
+            setattr(n, 'relu%d_%d' % (b, c), relu)
+            top = relu
+        setattr(n, 'pool%d' % b, max_pool(top))
+        top = getattr(n, 'pool%d' % b)
+    return top
+
+
+def fcn_trunk(n, bottom, width=1.0, dropout=True):
+    """Add VGG16 in fully convolutional form to ``n``: fc6 and fc7 as convolutions.
+
+    fc6 is a 7 x 7 convolution without padding and fc7 a 1 x 1 one, so the
+    ILSVRC fc weights load into them by reshaping. The reference deploy net has
+    no Dropout layers (Dropout is the identity at test time).
+
+    Returns
+    -------
+    Top : the blob the score layer reads (drop7, or relu7 without dropout).
+    """
+    pool5 = conv_blocks(n, bottom, width, first_pad=100)
+    n.fc6, n.relu6 = conv_relu(pool5, scaled(FC_OUTPUT, width), ks=7, pad=0)
+    top = n.relu6
+    if dropout:
+        n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
+        top = n.drop6
+    n.fc7, n.relu7 = conv_relu(top, scaled(FC_OUTPUT, width), ks=1, pad=0)
+    top = n.relu7
+    if dropout:
+        n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
+        top = n.drop7
+    return top
+
+
+def classifier(shape=CLASSIFIER_INPUT, classes=ILSVRC_CLASSES, width=1.0):
+    """The ILSVRC VGG16 classifier as a current-format deploy net.
+
+    Layer for layer the VGG16 gist's ``VGG_ILSVRC_16_layers_deploy.prototxt`` as
+    Caffe upgrades it: its V1 ``input``/``input_dim`` become an Input layer named
+    "input", convolutions are 3 x 3 pad 1 without param specs, fc6-fc8 are
+    InnerProduct, and "prob" is a Softmax.
+
+    Returns
+    -------
+    NetParameter
+    """
+    n = caffe.NetSpec()
+    n.data = L.Input(name='input', shape=dict(dim=list(shape)))
+    pool5 = conv_blocks(n, n.data, width, stride=None, param=None)
+    n.fc6 = L.InnerProduct(pool5, num_output=scaled(FC_OUTPUT, width))
+    n.relu6 = L.ReLU(n.fc6, in_place=True)
+    n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
+    n.fc7 = L.InnerProduct(n.drop6, num_output=scaled(FC_OUTPUT, width))
+    n.relu7 = L.ReLU(n.fc7, in_place=True)
+    n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
+    n.fc8 = L.InnerProduct(n.drop7, num_output=classes)
+    n.prob = L.Softmax(n.fc8)
+    proto = n.to_proto()
+    proto.name = 'VGG_ILSVRC_16_layers'
+    return proto

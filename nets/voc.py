@@ -1,0 +1,66 @@
+"""PASCAL VOC nets: the reference's Python data layers and the train / val / deploy triple.
+
+Paths are relative to a model folder (``voc-fcn32s/`` etc.), where ``solve.py``
+runs, so ``../data`` is the repository's data folder.
+"""
+import functools
+
+from torchcaffe import layers as L
+
+from . import fcn
+
+CLASSES = 21  # 20 object classes and background
+SBDD_DIR = '../data/sbdd/dataset'
+VOC_DIR = '../data/pascal/VOC2011'
+MEAN = (104.00699, 116.66877, 122.67892)  # BGR, as the reference's param_str spells it
+SEED = 1337
+TRAIN_SPLIT = 'train'  # SBD train, 8,498 images
+VAL_SPLIT = 'seg11valid'  # VOC2011 seg val minus SBD train, 736 images
+
+
+def data_params(split):
+    """The Python data layer's class name and its parameters for ``split``.
+
+    'train' reads SBD (``SBDDSegDataLayer``), any other split VOC
+    (``VOCSegDataLayer``). The keys come in the order of the reference's committed
+    prototxts (a Python 2 dict's order), so ``str()`` of the dict reproduces
+    their ``param_str`` exactly.
+
+    >>> data_params('train')[0]
+    'SBDDSegDataLayer'
+    >>> str(data_params('seg11valid')[1])[:44]
+    "{'voc_dir': '../data/pascal/VOC2011', 'seed'"
+    """
+    if split == TRAIN_SPLIT:
+        return 'SBDDSegDataLayer', dict(sbdd_dir=SBDD_DIR, seed=SEED, split=split, mean=MEAN)
+    return 'VOCSegDataLayer', dict(voc_dir=VOC_DIR, seed=SEED, split=split, mean=MEAN)
+
+
+def python_data(n, split):
+    """Add the ``voc_layers`` data layer for ``split`` (tops ``data``, ``label``) to ``n``."""
+    layer, params = data_params(split)
+    n.data, n.label = L.Python(module='voc_layers', layer=layer, ntop=2,
+                               param_str=str(params))
+
+
+def stage_nets(stage, classes=CLASSES, width=1.0):
+    """The train, val and deploy NetParameters of an FCN stage on VOC.
+
+    Parameters
+    ----------
+    stage : str
+        'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
+    classes, width :
+        As for ``nets.fcn.fcn``; the defaults give the reference nets.
+
+    Returns
+    -------
+    dict : {'train': NetParameter, 'val': ..., 'deploy': ...}, in that order.
+    """
+    def on(split):
+        return functools.partial(python_data, split=split)
+    return {
+        'train': fcn.fcn(stage, on(TRAIN_SPLIT), classes, width),
+        'val': fcn.fcn(stage, on(VAL_SPLIT), classes, width),
+        'deploy': fcn.deploy(stage, classes, width),
+    }

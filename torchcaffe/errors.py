@@ -1,0 +1,54 @@
+"""Exception types raised by torchcaffe.
+
+Every error that comes from a bad file names the file (and, for text formats, the
+line and column); every error that comes from a bad net names the layer.
+"""
+
+
+class CaffeError(Exception):
+    """Base class of every error torchcaffe raises on purpose."""
+
+
+class FormatError(CaffeError, ValueError):
+    """A Caffe file (prototxt, caffemodel, solverstate, HDF5) cannot be read or written.
+
+    Parameters
+    ----------
+    path : str or None
+        The file the error is about.
+    message : str
+        What is wrong with it.
+    """
+
+    def __init__(self, path, message):
+        self.path = None if path is None else str(path)
+        self.message = message
+        super().__init__(message if path is None else '%s: %s' % (path, message))
+
+
+class PrototxtError(FormatError):
+    """A text-format file does not parse; carries ``line`` and ``column`` (1-based)."""
+
+    def __init__(self, path, line, column, message):
+        self.line = line
+        self.column = column
+        where = '%s:%s:%s' % (path or '<string>', line, column)
+        CaffeError.__init__(self, '%s: %s' % (where, message))
+        self.path = None if path is None else str(path)
+        self.message = message
+
+
+class NetSpecError(CaffeError, ValueError):
+    """A NetSpec cannot be turned into a NetParameter (bad keyword, unknown param, ...)."""
+
+
+class CoordMapError(CaffeError, ValueError):
+    """Coordinate mapping between two blobs is undefined, or a crop offset is not usable."""
+
+
+class ShapeError(CaffeError, ValueError):
+    """Blob shapes do not fit a layer; the message names the layer and the shapes."""
+
+
+class UnknownLayerError(CaffeError, ValueError):
+    """A layer's type has no implementation; the message names the layer and lists known types."""

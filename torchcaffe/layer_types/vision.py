@@ -1,0 +1,433 @@
+"""Spatial layers: Convolution, Deconvolution, Pooling, Crop, LRN."""
+import torch
+import torch.nn.functional as F
+
+from ..errors import ShapeError
+from ..proto import caffe_pb2
+from ..shapes import conv_output_size, deconv_output_size, pool_output_size
+from .base import Layer, register, count
+
+__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'LRN']
+
+# Caffe seeds a MAX pooling window with -FLT_MAX and keeps a value only if it is
+# strictly greater, so no pooled value is ever below -FLT_MAX.
+FLT_MAX = 3.4028234663852886e38
+
+_Pool = caffe_pb2.PoolingParameter
+_LRN = caffe_pb2.LRNParameter
+
+
+def _per_axis(layer, name, repeated, hw, num_spatial, default):
+    """One value per spatial axis from Caffe's ``name`` / ``name_h``+``name_w`` fields.
+
+    ``hw`` is the (h, w) pair when either 2-D field is set, else None. A repeated
+    field gives one value for every axis or one value per axis; empty gives
+    ``default`` (None: required).
+    """
+    if hw is not None:
+        if num_spatial != 2:
+            raise layer.error('%s_h/%s_w need 2 spatial axes, the bottom has %d'
+                              % (name, name, num_spatial))
+        if repeated:
+            raise layer.error('give %s or %s_h and %s_w, not both' % (name, name, name))
+        return tuple(int(v) for v in hw)
+    values = [int(v) for v in repeated]
+    if not values:
+        if default is None:
+            raise layer.error('%s is required' % name)
+        return (default,) * num_spatial
+    if len(values) == 1:
+        return (values[0],) * num_spatial
+    if len(values) == num_spatial:
+        return tuple(values)
+    raise layer.error('%s has %d values; give 1 or one per spatial axis (%d)'
+                      % (name, len(values), num_spatial))
+
+
+class _ConvBase(Layer):
+    """What Convolution and Deconvolution share: geometry, parameters, fillers."""
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        p = layer_param.convolution_param
+        self.conv_param = p
+        if p.num_output < 1:
+            raise self.error('convolution_param.num_output must be positive')
+        self.num_output = p.num_output
+        self.group = p.group
+        if self.group < 1 or self.num_output % self.group:
+            raise self.error('num_output %d is not divisible by group %d'
+                             % (self.num_output, self.group))
+        self.bias_term = p.bias_term
+
+    def _geometry(self, bottom_shape):
+        """(channel axis, kernel, stride, pad, dilation) for a bottom of this shape."""
+        p = self.conv_param
+        axis = self.canonical_axis(p.axis, len(bottom_shape), bottom_shape)
+        num_spatial = len(bottom_shape) - axis - 1
+        if num_spatial < 1:
+            raise self.shape_error('needs at least one spatial axis after channel axis %d'
+                                   % axis, bottom_shape)
+
+        def pair(a, b):
+            return (getattr(p, a), getattr(p, b)) if p.HasField(a) or p.HasField(b) else None
+        kernel = _per_axis(self, 'kernel', p.kernel_size, pair('kernel_h', 'kernel_w'),
+                           num_spatial, None)
+        stride = _per_axis(self, 'stride', p.stride, pair('stride_h', 'stride_w'),
+                           num_spatial, 1)
+        pad = _per_axis(self, 'pad', p.pad, pair('pad_h', 'pad_w'), num_spatial, 0)
+        dilation = _per_axis(self, 'dilation', p.dilation, None, num_spatial, 1)
+        if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+            raise self.error('kernel, stride and dilation must be positive, got %s, %s, %s'
+                             % (kernel, stride, dilation))
+        return axis, kernel, stride, pad, dilation
+
+    def _channels(self, bottom_shape, axis):
+        channels = bottom_shape[axis]
+        if channels % self.group:
+            raise self.shape_error('%d input channels are not divisible by group %d'
+                                   % (channels, self.group), bottom_shape)
+        return channels
+
+    def param_fillers(self):
+        specs = [self.conv_param.weight_filler]
+        if self.bias_term:
+            specs.append(self.conv_param.bias_filler)
+        return specs
+
+    def _check_bottoms(self, bottom_shapes):
+        first = tuple(bottom_shapes[0])
+        for shape in bottom_shapes[1:]:
+            if tuple(shape) != first:
+                raise self.shape_error('all bottoms must have the same shape', *bottom_shapes)
+
+    def _spatial_out(self, bottom_shape, size_fn):
+        axis, kernel, stride, pad, dilation = self._geometry(bottom_shape)
+        try:
+            return tuple(size_fn(n, k, s, p, d) for n, k, s, p, d in
+                         zip(bottom_shape[axis + 1:], kernel, stride, pad, dilation))
+        except ShapeError as err:
+            raise self.shape_error(str(err), bottom_shape) from None
+
+    def top_shapes(self, bottom_shapes):
+        self._check_bottoms(bottom_shapes)
+        shapes = []
+        for shape in bottom_shapes:
+            shape = tuple(shape)
+            axis = self._geometry(shape)[0]
+            self._channels(shape, axis)
+            spatial = self._spatial_out(shape, self._output_size)
+            shapes.append(shape[:axis] + (self.num_output,) + spatial)
+        return shapes
+
+    def forward(self, bottoms, params):
+        weight = params[0]
+        bias = params[1] if self.bias_term else None
+        return [self._apply(x, weight, bias) for x in bottoms]
+
+    def _apply(self, x, weight, bias):
+        shape = tuple(x.shape)
+        axis, kernel, stride, pad, dilation = self._geometry(shape)
+        num_spatial = len(kernel)
+        if num_spatial > 3:
+            raise self.shape_error('only 1, 2 or 3 spatial axes are supported', shape)
+        # Axes before the channel axis all act as the batch.
+        flat = x.reshape((count(shape, 0, axis),) + shape[axis:])
+        out = self._torch_op(num_spatial)(flat, weight, bias, stride=stride, padding=pad,
+                                          dilation=dilation, groups=self.group)
+        return out.reshape(shape[:axis] + tuple(out.shape[1:]))
+
+
+@register
+class Convolution(_ConvBase):
+    """Caffe's Convolution: weights (num_output, C / group, *kernel), bias (num_output,)."""
+    type = 'Convolution'
+    bottom_counts = (1, None)
+    top_counts = (1, None)
+
+    @staticmethod
+    def _output_size(n, k, s, p, d):
+        return conv_output_size(n, k, s, p, d)
+
+    def param_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        axis, kernel = self._geometry(shape)[:2]
+        channels = self._channels(shape, axis)
+        shapes = [(self.num_output, channels // self.group) + kernel]
+        if self.bias_term:
+            shapes.append((self.num_output,))
+        return shapes
+
+    @staticmethod
+    def _torch_op(num_spatial):
+        return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[num_spatial]
+
+
+@register
+class Deconvolution(_ConvBase):
+    """Caffe's Deconvolution, the adjoint of Convolution.
+
+    Weights are (C, num_output / group, *kernel), PyTorch's transposed-convolution
+    layout; the output size is ``stride (n - 1) + dilation (kernel - 1) + 1 - 2 pad``.
+    """
+    type = 'Deconvolution'
+    bottom_counts = (1, None)
+    top_counts = (1, None)
+
+    @staticmethod
+    def _output_size(n, k, s, p, d):
+        return deconv_output_size(n, k, s, p, d)
+
+    def param_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        axis, kernel = self._geometry(shape)[:2]
+        channels = self._channels(shape, axis)
+        shapes = [(channels, self.num_output // self.group) + kernel]
+        if self.bias_term:
+            shapes.append((self.num_output,))
+        return shapes
+
+    @staticmethod
+    def _torch_op(num_spatial):
+        op = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[num_spatial]
+
+        def transposed(x, weight, bias, stride, padding, dilation, groups):
+            return op(x, weight, bias, stride=stride, padding=padding, output_padding=0,
+                      groups=groups, dilation=dilation)
+        return transposed
+
+
+def _torch_ceil_size(n, k, s, p):
+    """PyTorch's ceil-mode pooled size, which differs from Caffe's only when p == 0."""
+    out = -(-(n + 2 * p - k) // s) + 1
+    if (out - 1) * s >= n + p:
+        out -= 1
+    return out
+
+
+def _pad_to_windows(x, kernel, stride, pad, out, value):
+    """Pad H, W by ``pad`` before and enough after for ``out`` whole windows."""
+    (kh, kw), (sh, sw), (ph, pw), (oh, ow) = kernel, stride, pad, out
+    H, W = x.shape[-2:]
+    after_h = max(0, (oh - 1) * sh + kh - H - ph)
+    after_w = max(0, (ow - 1) * sw + kw - W - pw)
+    return F.pad(x, (pw, after_w, ph, after_h), value=value)
+
+
+def _max_pool(x, kernel, stride, pad, out, with_mask):
+    """Caffe's MAX pooling: strict ``>`` scan, so ties go to the first maximum.
+
+    PyTorch's max_pool2d scans each window row-major with the same strict
+    comparison, so its indices (and hence its gradient) match Caffe's mask.
+    Returns (top, mask or None); the mask holds ``h * W + w`` like Caffe's top[1].
+    """
+    H, W = x.shape[-2:]
+    native = all(p <= k // 2 and _torch_ceil_size(n, k, s, p) == o
+                 for n, k, s, p, o in zip((H, W), kernel, stride, pad, out))
+    if native:
+        result = F.max_pool2d(x, kernel, stride, pad, ceil_mode=True, return_indices=with_mask)
+        return result if with_mask else (result, None)
+    padded = _pad_to_windows(x, kernel, stride, pad, out, float('-inf'))
+    top, idx = F.max_pool2d(padded, kernel, stride, return_indices=True)
+    top = top[..., :out[0], :out[1]].clamp_min(-FLT_MAX)
+    if not with_mask:
+        return top, None
+    idx = idx[..., :out[0], :out[1]]
+    padded_w = padded.shape[-1]
+    mask = (idx // padded_w - pad[0]) * W + (idx % padded_w - pad[1])
+    return top, mask
+
+
+def _ave_divisors(size, kernel, stride, pad, out):
+    """Caffe's AVE divisor per window along one axis: the window clipped to size + pad."""
+    lengths = []
+    for o in range(out):
+        start = o * stride - pad
+        end = min(start + kernel, size + pad)
+        lengths.append(end - start)
+    return lengths
+
+
+def _ave_pool(x, kernel, stride, pad, out):
+    """Caffe's AVE pooling: the sum over the in-image part of each window, divided
+    by the window's size clipped to the image plus its padding (not to the image)."""
+    H, W = x.shape[-2:]
+    padded = _pad_to_windows(x, kernel, stride, pad, out, 0.0)
+    sums = F.avg_pool2d(padded, kernel, stride, divisor_override=1)[..., :out[0], :out[1]]
+    rows = torch.tensor(_ave_divisors(H, kernel[0], stride[0], pad[0], out[0]),
+                        dtype=x.dtype, device=x.device)
+    cols = torch.tensor(_ave_divisors(W, kernel[1], stride[1], pad[1], out[1]),
+                        dtype=x.dtype, device=x.device)
+    return sums / (rows[:, None] * cols[None, :])
+
+
+@register
+class Pooling(Layer):
+    """Caffe's Pooling (MAX, AVE; global_pooling; CEIL or FLOOR rounding).
+
+    Output size rounds up, and with padding the last window is dropped when it would
+    start in the trailing pad (:func:`torchcaffe.shapes.pool_output_size`). MAX may
+    have a second top, Caffe's mask of argmax positions ``h * W + w``.
+    """
+    type = 'Pooling'
+    top_counts = (1, 2)
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        p = layer_param.pooling_param
+        self.pool_param = p
+        self.method = p.pool
+        if self.method not in (_Pool.MAX, _Pool.AVE):
+            raise self.error('pooling method %s is not supported'
+                             % _Pool.PoolMethod.Name(self.method))
+        if self.num_tops() > 1 and self.method != _Pool.MAX:
+            raise self.error('only MAX pooling has a mask top')
+        has_kernel = p.HasField('kernel_size') or p.HasField('kernel_h') or p.HasField('kernel_w')
+        if p.global_pooling:
+            if has_kernel:
+                raise self.error('global_pooling takes no kernel size')
+        elif p.HasField('kernel_size') == (p.HasField('kernel_h') and p.HasField('kernel_w')):
+            raise self.error('give kernel_size, or kernel_h and kernel_w')
+
+    def _hw(self, single, h, w, default):
+        p = self.pool_param
+        if p.HasField(h) or p.HasField(w):
+            if p.HasField(single):
+                raise self.error('give %s or %s and %s, not both' % (single, h, w))
+            return getattr(p, h), getattr(p, w)
+        value = getattr(p, single) if p.HasField(single) else default
+        return value, value
+
+    def geometry(self, bottom_shape):
+        """(kernel, stride, pad, out) as (h, w) pairs for a bottom of this shape."""
+        if len(bottom_shape) != 4:
+            raise self.shape_error('needs a 4-axis bottom (num, channels, height, width)',
+                                   bottom_shape)
+        p = self.pool_param
+        H, W = bottom_shape[2:]
+        stride = self._hw('stride', 'stride_h', 'stride_w', 1)
+        pad = self._hw('pad', 'pad_h', 'pad_w', 0)
+        if p.global_pooling:
+            kernel = (H, W)
+            if pad != (0, 0) or stride != (1, 1):
+                raise self.error('global_pooling needs pad 0 and stride 1')
+        else:
+            kernel = self._hw('kernel_size', 'kernel_h', 'kernel_w', None)
+        try:
+            if p.round_mode == _Pool.FLOOR:
+                # Rounding down, every window starts inside image + leading pad, so
+                # Caffe's drop-the-last-window rule never fires.
+                if pad[0] >= kernel[0] or pad[1] >= kernel[1]:
+                    raise ShapeError('pooling pad %s must be smaller than kernel %s'
+                                     % (pad, kernel))
+                out = tuple(conv_output_size(n, k, s, q)
+                            for n, k, s, q in zip((H, W), kernel, stride, pad))
+            else:
+                out = tuple(pool_output_size(n, k, s, q)
+                            for n, k, s, q in zip((H, W), kernel, stride, pad))
+        except ShapeError as err:
+            raise self.shape_error(str(err), bottom_shape) from None
+        return tuple(kernel), tuple(stride), tuple(pad), out
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        out = self.geometry(shape)[3]
+        return [shape[:2] + out] * self.num_tops()
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        kernel, stride, pad, out = self.geometry(tuple(x.shape))
+        if self.method == _Pool.AVE:
+            return [_ave_pool(x, kernel, stride, pad, out)]
+        with_mask = self.num_tops() > 1
+        top, mask = _max_pool(x, kernel, stride, pad, out, with_mask)
+        return [top, mask.to(x.dtype)] if with_mask else [top]
+
+
+@register
+class Crop(Layer):
+    """Caffe's Crop: bottom 0 cut to bottom 1's shape from ``axis`` on.
+
+    ``offset`` gives one offset for every cropped axis, or one per cropped axis;
+    none means offset 0.
+    """
+    type = 'Crop'
+    bottom_counts = (2, 2)
+
+    def offsets(self, bottom_shapes):
+        """Start index of the crop along every axis of bottom 0."""
+        data, ref = (tuple(s) for s in bottom_shapes)
+        if len(data) != len(ref):
+            raise self.shape_error('both bottoms need the same number of axes', data, ref)
+        p = self.layer_param.crop_param
+        axis = self.canonical_axis(p.axis, len(data), data)
+        given = list(p.offset)
+        cropped = len(data) - axis
+        if len(given) > 1 and len(given) != cropped:
+            raise self.shape_error('%d offsets given for %d cropped axes (from axis %d)'
+                                   % (len(given), cropped, axis), data, ref)
+        offsets = []
+        for i in range(len(data)):
+            if i < axis:
+                offsets.append(0)
+                continue
+            off = given[0] if len(given) == 1 else (given[i - axis] if given else 0)
+            if data[i] - off < ref[i]:
+                raise self.shape_error('crop of size %d at offset %d does not fit axis %d of size %d'
+                                       % (ref[i], off, i, data[i]), data, ref)
+            offsets.append(off)
+        return offsets
+
+    def top_shapes(self, bottom_shapes):
+        data, ref = (tuple(s) for s in bottom_shapes)
+        self.offsets(bottom_shapes)
+        axis = self.canonical_axis(self.layer_param.crop_param.axis, len(data), data)
+        return [data[:axis] + ref[axis:]]
+
+    def forward(self, bottoms, params):
+        data, ref = bottoms
+        shapes = [tuple(data.shape), tuple(ref.shape)]
+        offsets = self.offsets(shapes)
+        (out_shape,) = self.top_shapes(shapes)
+        index = tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
+        return [data[index]]
+
+
+@register
+class LRN(Layer):
+    """Caffe's local response normalisation.
+
+    ACROSS_CHANNELS: ``y = x / (k + alpha / n * sum_{window} x^2) ^ beta`` with a
+    window of n channels centred on each channel, zero beyond the edges.
+    WITHIN_CHANNEL: ``y = x / (1 + alpha * mean_{n x n} x^2) ^ beta``, the mean
+    taken as Caffe's AVE pooling with pad (n - 1) / 2 (k is not used).
+    """
+    type = 'LRN'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        p = layer_param.lrn_param
+        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
+        self.region = p.norm_region
+        if self.size % 2 == 0:
+            raise self.error('LRN only supports odd local_size, got %d' % self.size)
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        if len(shape) != 4:
+            raise self.shape_error('needs a 4-axis bottom (num, channels, height, width)', shape)
+        return [shape]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        half = (self.size - 1) // 2
+        if self.region == _LRN.WITHIN_CHANNEL:
+            kernel, stride, pad = (self.size,) * 2, (1, 1), (half, half)
+            out = tuple(x.shape[-2:])
+            mean = _ave_pool(x * x, kernel, stride, pad, out)
+            return [x * (1 + self.alpha * mean).pow(-self.beta)]
+        squares = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, half, half))
+        window_sum = F.avg_pool3d(squares, (self.size, 1, 1), stride=1,
+                                  divisor_override=1).squeeze(1)
+        scale = self.k + (self.alpha / self.size) * window_sum
+        return [x * scale.pow(-self.beta)]

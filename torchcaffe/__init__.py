@@ -7,6 +7,10 @@ from .errors import (CaffeError, FormatError, PrototxtError, NetSpecError,
                      CoordMapError, ShapeError)
 from .net_spec import layers, params, NetSpec, to_proto
 from . import io, coord_map, shapes
+from .blob import Blob
+from .mode import set_mode_cpu, set_mode_gpu, set_device, set_random_seed
+from .net import Net
+from .python_layer import Layer
 
 # Caffe's Phase enum values, as pycaffe exposes them.
 TRAIN = caffe_pb2.TRAIN

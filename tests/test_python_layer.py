@@ -1,0 +1,284 @@
+"""Python layers: pycaffe's lifecycle, data layers of changing size, losses, blobs, errors.
+
+The layers under test are written into a module in a temporary directory that is put
+on ``sys.path``, as a model folder's ``<dataset>_layers.py`` is found by Caffe.
+"""
+import importlib
+import sys
+import textwrap
+import uuid
+
+import numpy as np
+import pytest
+import torch
+from google.protobuf import text_format
+
+import torchcaffe as caffe
+from torchcaffe import blob as blob_module
+from torchcaffe.errors import CaffeError
+
+LAYERS = '''
+import ast
+import numpy as np
+import torchcaffe as caffe
+
+CALLS = []
+
+
+class Scale(caffe.Layer):
+    """top = factor * bottom; records every call the net makes."""
+
+    def __init__(self, param):
+        super().__init__(param)
+        CALLS.append(('init', param.name))
+
+    def setup(self, bottom, top):
+        CALLS.append(('setup', self.param_str, self.phase))
+        self.factor = ast.literal_eval(self.param_str)['factor']
+
+    def reshape(self, bottom, top):
+        CALLS.append(('reshape',))
+        for b, t in zip(bottom, top):
+            t.reshape(*b.data.shape)
+
+    def forward(self, bottom, top):
+        CALLS.append(('forward', type(bottom[0].data).__name__))
+        for b, t in zip(bottom, top):
+            t.data[...] = self.factor * b.data
+
+    def backward(self, top, propagate_down, bottom):
+        CALLS.append(('backward', list(propagate_down)))
+        for down, b, t in zip(propagate_down, bottom, top):
+            if down:
+                b.diff[...] = self.factor * t.diff
+
+
+class Images(caffe.Layer):
+    """A data layer: each forward gives the next image of SIZES, filled with its index."""
+    SIZES = [(4, 6), (7, 5), (3, 3)]
+
+    def setup(self, bottom, top):
+        if len(bottom):
+            raise Exception('no bottoms')
+        self.index = 0
+
+    def reshape(self, bottom, top):
+        h, w = self.SIZES[self.index % len(self.SIZES)]
+        top[0].reshape(1, 1, h, w)
+        top[1].reshape(1, 1, h, w)
+
+    def forward(self, bottom, top):
+        h, w = top[0].data.shape[2:]
+        top[0].data[...] = self.index + np.arange(h * w).reshape(1, 1, h, w)
+        top[1].data[...] = self.index
+        self.index += 1
+
+
+class SquaredDistance(caffe.Layer):
+    """pycaffe's example Euclidean loss: sum((a - b)^2) / num / 2."""
+
+    def reshape(self, bottom, top):
+        self.diff = np.zeros_like(bottom[0].data)
+        top[0].reshape(1)
+
+    def forward(self, bottom, top):
+        self.diff[...] = bottom[0].data - bottom[1].data
+        top[0].data[...] = np.sum(self.diff ** 2) / bottom[0].num / 2.
+
+    def backward(self, top, propagate_down, bottom):
+        for i, sign in ((0, 1), (1, -1)):
+            if propagate_down[i]:
+                bottom[i].diff[...] = sign * self.diff / bottom[i].num
+
+
+class Bias(caffe.Layer):
+    """A layer with its own learnable blob: top = bottom + b (b per channel)."""
+
+    def setup(self, bottom, top):
+        self.blobs.add_blob(bottom[0].data.shape[1])
+        self.blobs[0].data[...] = 1
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data + self.blobs[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        self.blobs[0].diff[...] += top[0].diff.sum(0)
+        if propagate_down[0]:
+            bottom[0].diff[...] = top[0].diff
+
+
+class NotALayer(object):
+    pass
+'''
+
+
+@pytest.fixture(autouse=True, scope='module')
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def layers(tmp_path, monkeypatch):
+    """A fresh layers module (unique name) importable from sys.path."""
+    name = 'test_layers_%s' % uuid.uuid4().hex[:8]
+    (tmp_path / (name + '.py')).write_text(LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    module = importlib.import_module(name)
+    yield module
+    sys.modules.pop(name, None)
+
+
+def make_net(text, module, phase=caffe.TRAIN):
+    param = caffe.caffe_pb2.NetParameter()
+    text_format.Merge(textwrap.dedent(text).replace('MODULE', module.__name__), param)
+    return caffe.Net(param, phase)
+
+
+SCALE_NET = '''
+    force_backward: true
+    layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+    layer { name: "scale" type: "Python" bottom: "x" top: "y"
+            python_param { module: "MODULE" layer: "Scale" param_str: "{'factor': 3}" } }
+    layer { name: "loss" type: "Power" bottom: "y" top: "loss" loss_weight: 1
+            power_param { power: 2 } }
+'''
+
+
+def test_lifecycle_follows_caffe(layers):
+    net = make_net(SCALE_NET, layers)
+    assert layers.CALLS == [('init', 'scale'), ('setup', "{'factor': 3}", caffe.TRAIN),
+                            ('reshape',)]
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    del layers.CALLS[:]
+    net.forward(x=x)
+    net.forward(x=x)
+    net.backward()
+    assert layers.CALLS == [('reshape',), ('forward', 'ndarray'), ('reshape',),
+                            ('forward', 'ndarray'), ('backward', [True])]
+    np.testing.assert_allclose(net.blobs['y'].data, 3 * x)
+    # loss = sum((3x)^2): d/dx = 18 x, through the Python layer's backward
+    np.testing.assert_allclose(net.blobs['x'].diff, 18 * x, rtol=1e-6)
+    np.testing.assert_allclose(net.blobs['y'].diff, 2 * (3 * x), rtol=1e-6)  # 2 y
+
+
+def test_python_layer_objects_look_like_pycaffe(layers):
+    net = make_net(SCALE_NET, layers, caffe.TEST)
+    layer = net.layer_dict['scale']
+    assert isinstance(layer, caffe.Layer) and layer.type == 'Python'
+    assert layer.phase == caffe.TEST and len(layer.blobs) == 0
+    assert 'scale' not in net.params
+
+
+def test_backward_is_skipped_when_no_bottom_needs_a_gradient(layers):
+    net = make_net(SCALE_NET.replace('force_backward: true', ''), layers)
+    net.forward(x=np.ones((2, 3)))
+    net.backward()
+    assert not any(call[0] == 'backward' for call in layers.CALLS)
+
+
+def test_propagate_down_tells_which_bottoms_need_gradients(layers):
+    net = make_net('''
+        layer { name: "input" type: "Input" top: "x" top: "z"
+                input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "a"
+                inner_product_param { num_output: 3 weight_filler { type: "constant" value: 1 } } }
+        layer { name: "scale" type: "Python" bottom: "a" bottom: "z" top: "b" top: "c"
+                python_param { module: "MODULE" layer: "Scale" param_str: "{'factor': 2}" } }
+        layer { name: "loss" type: "Eltwise" bottom: "b" bottom: "c" top: "loss"
+                loss_weight: 1 }''', layers)
+    net.forward(x=np.ones((2, 3)), z=np.ones((2, 3)))
+    net.backward()
+    assert layers.CALLS[-1] == ('backward', [True, False])
+    # loss = sum(2 (x W^T)) + ...: d/dW = 2 * sum over items of x
+    np.testing.assert_allclose(net.params['ip'][0].diff, np.full((3, 3), 4.0))
+
+
+def test_data_layer_may_change_size_every_forward(layers):
+    net = make_net('''
+        layer { name: "data" type: "Python" top: "data" top: "label"
+                python_param { module: "MODULE" layer: "Images" } }
+        layer { name: "pool" type: "Pooling" bottom: "data" top: "pool"
+                pooling_param { pool: MAX kernel_size: 2 stride: 2 } }''', layers)
+    assert net.blobs['data'].shape == (1, 1, 4, 6)  # set up by its first reshape
+    for index, (h, w) in enumerate(layers.Images.SIZES):
+        out = net.forward(blobs=['data', 'label'])
+        assert out['data'].shape == (1, 1, h, w)
+        assert out['pool'].shape == (1, 1, -(-(h - 2) // 2) + 1, -(-(w - 2) // 2) + 1)
+        assert out['pool'].max() == index + h * w - 1
+        assert (out['label'] == index).all()
+
+
+def test_python_loss_layer_backpropagates_into_the_net(layers):
+    net = make_net('''
+        layer { name: "input" type: "Input" top: "x" top: "t"
+                input_param { shape { dim: 2 dim: 3 } shape { dim: 2 dim: 2 } } }
+        layer { name: "ip" type: "InnerProduct" bottom: "x" top: "y"
+                inner_product_param { num_output: 2 bias_term: false } }
+        layer { name: "loss" type: "Python" bottom: "y" bottom: "t" top: "loss"
+                python_param { module: "MODULE" layer: "SquaredDistance" } loss_weight: 1 }
+    ''', layers)
+    rng = np.random.RandomState(0)
+    W, x, t = rng.randn(2, 3), rng.randn(2, 3), rng.randn(2, 2)
+    net.params['ip'][0].data[...] = W
+    out = net.forward(x=x, t=t)
+    y = x @ W.T
+    np.testing.assert_allclose(out['loss'], [np.sum((y - t) ** 2) / 4], rtol=1e-5)
+    assert net.blob_loss_weights['loss'] == 1
+    net.backward()
+    np.testing.assert_allclose(net.params['ip'][0].diff, ((y - t) / 2).T @ x, rtol=1e-5)
+
+
+def test_python_layer_blobs_are_net_params(layers, tmp_path):
+    text = '''
+        layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "bias" type: "Python" bottom: "x" top: "y" param { lr_mult: 2 }
+                python_param { module: "MODULE" layer: "Bias" } }
+        layer { name: "loss" type: "Power" bottom: "y" top: "loss" loss_weight: 1 }'''
+    net = make_net(text, layers)
+    assert [b.shape for b in net.params['bias']] == [(3,)]
+    assert net.learnable_params == net.params['bias'] and net.params_lr == [2]
+    out = net.forward(x=np.zeros((2, 3)), blobs=['y'])
+    np.testing.assert_array_equal(out['y'], np.ones((2, 3)))
+    net.backward()
+    net.backward()
+    np.testing.assert_array_equal(net.params['bias'][0].diff, [4, 4, 4])  # 2 items, 2 calls
+    net.clear_param_diffs()
+    assert not net.params['bias'][0].diff.any()
+    net.params['bias'][0].data[...] = [1, 2, 3]
+    path = str(tmp_path / 'bias.caffemodel')
+    net.save(path)
+    other = make_net(text, layers)
+    other.copy_from(path)
+    np.testing.assert_array_equal(other.params['bias'][0].data, [1, 2, 3])
+
+
+def test_python_layers_work_with_host_mirrors(layers, monkeypatch):
+    """The accelerator path: bottoms are copied to the host, tops back to the device."""
+    monkeypatch.setattr(blob_module, 'needs_mirror', lambda dev: True)
+    net = make_net(SCALE_NET, layers)
+    net._move(torch.device('cpu'))
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.forward(x=x)
+    net.backward()
+    np.testing.assert_allclose(net.blobs['y'].data, 3 * x)
+    np.testing.assert_allclose(net.blobs['x'].diff, 18 * x, rtol=1e-6)
+
+
+@pytest.mark.parametrize('module, cls, message', [
+    ('no_such_module_xyz', 'Scale', "'scale'.*cannot import module 'no_such_module_xyz'"),
+    ('MODULE', 'Missing', "'scale'.*has no attribute 'Missing'"),
+    ('MODULE', 'NotALayer', "'scale'.*not a subclass of caffe.Layer"),
+])
+def test_bad_python_param_names_the_layer(layers, module, cls, message):
+    text = '''
+        layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 1 } } }
+        layer { name: "scale" type: "Python" bottom: "x" top: "y"
+                python_param { module: "%s" layer: "%s" } }''' % (module, cls)
+    with pytest.raises(CaffeError, match=message):
+        make_net(text, layers)

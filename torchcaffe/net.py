@@ -1,0 +1,900 @@
+"""``torchcaffe.Net``: a prototxt run with Caffe's semantics on torch, behind pycaffe's API.
+
+Construction follows Caffe's ``Net::Init``: filter the layers by the net state,
+then set each one up in order (bottoms must come from earlier layers, tops are
+new blobs or in place, learnable blobs are made, filled and shared by
+``ParamSpec.name``). Forward runs each layer's torch ops with autograd recording;
+backward seeds every loss top with its loss weight and runs autograd once. What
+Caffe gets from its own machinery comes from autograd:
+
+* a blob feeding several layers gets the sum of their gradients (Caffe's Split);
+* in-place layers compute out of place and rebind the blob name, and the blob's
+  diff is the gradient w.r.t. the first tensor bound to that name, which is what
+  Caffe's in-place backward leaves in the shared diff;
+* params with ``lr_mult: 0`` get no gradient (unless ``force_backward``) but pass
+  gradients to their bottoms, as Caffe's ``param_propagate_down``;
+* param diffs accumulate over backward calls until ``clear_param_diffs``.
+
+Where the engine differs from Caffe: arrays of intermediate blobs taken before a
+forward keep the old values (each forward binds new tensors; inputs and params keep
+theirs); saved nets carry no auto-inserted Split layers; ``backward(start=L)``
+leaves out everything above L (Caffe would reuse stale diffs there) and
+``backward(end=...)`` must be the first layer; a param shared with
+``share_mode: PERMISSIVE`` is the owner's blob, in the owner's shape (saved in the
+layer's own). ``net.autograd = False`` runs forward without recording gradients,
+for inference.
+
+Layer implementations live in ``torchcaffe.layer_types``; Python layers in
+``torchcaffe.python_layer``; blobs in ``torchcaffe.blob``; the CPU/GPU mode in
+``torchcaffe.mode``.
+"""
+import logging
+import os
+from collections import OrderedDict
+
+import numpy as np
+import torch
+
+from . import blob as blob_module
+from . import graph, io, mode
+from .blob import Blob
+from .errors import CaffeError, ShapeError
+from .layer_types import create_layer
+from .proto import caffe_pb2
+from .python_layer import PythonLayerRunner, create_python_layer
+from .upgrade import needs_upgrade, upgrade_net_param
+
+__all__ = ['Net']
+
+log = logging.getLogger(__name__)
+
+_PERMISSIVE = caffe_pb2.ParamSpec.PERMISSIVE
+
+
+# ------------------------------------------------------------------------------ steps
+
+class _Step:
+    """One layer as the net runs it, with its blobs resolved once at setup."""
+
+    def __init__(self, index, lp, layer, bottoms, tops, in_place):
+        self.index = index
+        self.name = lp.name
+        self.lp = lp
+        self.layer = layer
+        self.bottoms = bottoms
+        self.tops = tops
+        self.in_place = in_place
+        self.stop_grad = None      # per bottom: propagate_down false
+        self.params = []           # Blob per learnable blob (shared ones are the owner's)
+        self.param_shapes = []     # this layer's own shape of each
+        self.param_train = []      # param_propagate_down of each
+        self.param_owned = []      # False where the blob is shared from an earlier layer
+        self.param_special = None  # (detach, view shape) per param when any is needed
+        self.produced = []         # (top index, Blob): tops made here whose diff is captured
+        self.loss_weights = {}     # top index -> nonzero loss weight
+        self.loss_outputs = {}     # top index -> tensor of the last forward
+        self.shapes = None         # bottom shapes at the last shape check
+
+    # ---- pieces shared by the step kinds --------------------------------------------
+
+    def bottom_tensors(self):
+        tensors = [b.data_tensor() for b in self.bottoms]
+        if self.stop_grad is not None:
+            tensors = [t.detach() if stop else t for t, stop in zip(tensors, self.stop_grad)]
+        return tensors
+
+    def param_tensors(self):
+        if self.param_special is None:
+            return [p._param_tensor() for p in self.params]
+        tensors = []
+        for p, (detach, view) in zip(self.params, self.param_special):
+            t = p._param_tensor()
+            if detach:
+                t = t.detach()
+            if view is not None:
+                t = t.view(view)
+            tensors.append(t)
+        return tensors
+
+    def publish(self, tops):
+        """Bind computed tops to their blobs, then record them."""
+        for blob, t in zip(self.tops, tops):
+            blob._data.set(t)
+        self.record(tops)
+
+    def record(self, tops):
+        """Clear the diffs of blobs made here and hook their gradient capture."""
+        for k, blob in self.produced:
+            blob._diff.tensor = None
+            t = tops[k]
+            if t.requires_grad:
+                t.register_hook(blob._capture_diff)
+        if self.loss_weights:
+            self.loss_outputs = {k: tops[k] for k in self.loss_weights}
+
+    def publish_sources(self, force_backward):
+        """Tops the net does not compute (inputs, data layers): under force_backward
+        they become leaves so that their diffs are computed, as Caffe computes them."""
+        tensors = []
+        for blob in self.tops:
+            t = blob.data_tensor()
+            if force_backward and t.is_floating_point():
+                t = t.detach().requires_grad_(True)
+                blob._data.tensor = t  # same storage: the host side stays valid
+            tensors.append(t)
+        self.record(tensors)
+
+    def check_shapes(self, shapes):
+        """Validate new bottom shapes (Caffe's Reshape); return the top shapes."""
+        shapes = [tuple(s) for s in shapes]
+        layer = self.layer
+        try:
+            top_shapes = layer.top_shapes(shapes)
+            if self.params:
+                want = [tuple(int(d) for d in s) for s in layer.param_shapes(shapes)]
+                if want != self.param_shapes:
+                    raise ShapeError('bottoms of shapes %s need learnable blobs of shapes %s, '
+                                     'the layer has %s' % (shapes, want, self.param_shapes))
+        except ShapeError as err:
+            if repr(self.name) in str(err):
+                raise
+            raise ShapeError('layer %r (%s): %s' % (self.name, self.lp.type, err)) from err
+        self.shapes = shapes
+        return top_shapes
+
+    def release(self):
+        """Before a forward recomputes this layer: let go of the last forward's graph
+        (its tensors keep their values until they are replaced)."""
+        for blob, in_place in zip(self.tops, self.in_place):
+            t = blob._data.tensor
+            if not in_place and t is not None and t.grad_fn is not None:
+                blob._data.tensor = t.detach()
+        self.loss_outputs = {}
+
+    # ---- the step kinds override these ---------------------------------------------
+
+    def run(self, force_backward):
+        bottoms = self.bottom_tensors()
+        shapes = [t.shape for t in bottoms]
+        if shapes != self.shapes:
+            self.check_shapes(shapes)
+        self.publish(self.layer.forward(bottoms, self.param_tensors()))
+
+    def reshape(self):
+        top_shapes = self.check_shapes([b.shape for b in self.bottoms])
+        for blob, shape, in_place in zip(self.tops, top_shapes, self.in_place):
+            if not in_place:
+                blob._declare_shape(shape)
+
+
+class _InputStep(_Step):
+    """An Input layer: its tops are the net's inputs, written by the user."""
+
+    def run(self, force_backward):
+        self.publish_sources(force_backward)
+
+    def reshape(self):
+        pass
+
+    def release(self):
+        pass  # the inputs are the user's
+
+
+class _PythonStep(_Step):
+    """A Python layer, run through :class:`PythonLayerRunner`."""
+
+    def __init__(self, index, lp, layer, bottoms, tops, in_place, runner):
+        super().__init__(index, lp, layer, bottoms, tops, in_place)
+        self.runner = runner
+
+    def run(self, force_backward):
+        runner = self.runner
+        if not self.bottoms and not self.params:  # a data layer: nothing to differentiate
+            runner.run()
+            self.publish_sources(force_backward)
+        elif not self.tops:
+            runner.run()
+        else:
+            self.publish(runner.apply(self.bottom_tensors() + self.param_tensors()))
+
+    def reshape(self):
+        self.runner.reshape()
+
+
+# ------------------------------------------------------------------------------ the net
+
+class Net:
+    """A Caffe net, as pycaffe's ``caffe.Net``.
+
+    Parameters
+    ----------
+    network_file : str, path or caffe_pb2.NetParameter
+        A prototxt, or a NetParameter (upgraded if it is in an old format).
+    *args :
+        ``phase`` or ``weights, phase``, the two positional forms pycaffe accepts.
+    phase : int, keyword
+        ``caffe.TRAIN`` or ``caffe.TEST``. Optional only for a NetParameter,
+        whose ``state.phase`` is used then.
+    weights : str, keyword
+        A ``.caffemodel`` or ``.caffemodel.h5`` to copy weights from.
+    level : int, keyword
+        Net state level. For a file it replaces the prototxt's (0 when not given,
+        as Caffe's ``Net(file, phase, level, stages)``); for a NetParameter its
+        ``state.level`` is kept unless given.
+    stages : list of str, keyword
+        Added to the net state's stages.
+
+    Attributes
+    ----------
+    blobs : OrderedDict
+        Blob name -> :class:`~torchcaffe.blob.Blob`, in the order Caffe makes them.
+    params : OrderedDict
+        Layer name -> list of learnable blobs, for layers that have some.
+    layers, layer_dict, inputs, outputs, top_names, bottom_names, blob_loss_weights :
+        As pycaffe.
+    learnable_params, params_lr, params_weight_decay, has_params_lr, has_params_decay :
+        Caffe's Net accessors of the same names, for the solver: the params that
+        own their storage, with the multipliers of their ParamSpec.
+    """
+
+    def __init__(self, network_file, *args, phase=None, weights=None, level=None,
+                 stages=None):
+        if len(args) > 2:
+            raise TypeError('Net(network_file, phase) or Net(network_file, weights, phase)')
+        if len(args) == 2:
+            if weights is not None or phase is not None:
+                raise TypeError('weights and phase given both by position and keyword')
+            weights, phase = args
+        elif len(args) == 1:
+            if phase is not None:
+                raise TypeError('phase given both by position and keyword')
+            phase = args[0]
+        net_param = self._net_param(network_file, phase, level, stages)
+        self._build(net_param)
+        if weights is not None:
+            self.copy_from(weights)
+
+    # ---- construction ----------------------------------------------------------------
+
+    @staticmethod
+    def _net_param(network_file, phase, level, stages):
+        if isinstance(network_file, caffe_pb2.NetParameter):
+            net_param = (upgrade_net_param(network_file) if needs_upgrade(network_file)
+                         else caffe_pb2.NetParameter.FromString(
+                             network_file.SerializeToString()))
+            if phase is None:
+                phase = net_param.state.phase
+            if level is not None:
+                net_param.state.level = int(level)
+        else:
+            if phase is None:
+                raise TypeError('Net(%r) needs a phase: caffe.TRAIN or caffe.TEST'
+                                % (network_file,))
+            net_param = io.read_net_prototxt(os.fspath(network_file))
+            # pycaffe's Net(file, phase, level=0, stages) sets the level outright.
+            net_param.state.level = int(level or 0)
+        if phase not in (caffe_pb2.TRAIN, caffe_pb2.TEST):
+            raise CaffeError('phase must be caffe.TRAIN (0) or caffe.TEST (1), got %r' % (phase,))
+        net_param.state.phase = phase
+        net_param.state.stage.extend(stages or [])
+        return net_param
+
+    def _build(self, net_param):
+        self.name = net_param.name
+        self.phase = net_param.state.phase
+        self.force_backward = net_param.force_backward
+        # Whether forward records the autograd graph that backward needs. Caffe can
+        # backpropagate through any net, so this starts True; code that only runs
+        # forward (scoring, deployment) may set it False to save time and memory.
+        self.autograd = True
+        self._device = torch.device('cpu')
+        self._mode_version = None
+        self._mirrored = False
+        self._steps = []
+        self._blobs = OrderedDict()
+        self._available = set()   # Caffe's available_blobs: produced, not yet consumed
+        self._shared = {}         # param name -> (owner Blob, learnable index)
+        self.learnable_params = []
+        self.params_lr, self.params_weight_decay = [], []
+        self.has_params_lr, self.has_params_decay = [], []
+        self.inputs = []
+        self._blob_loss_weights = {}
+        generator = mode.filler_generator()
+        state = net_param.state
+        for lp in graph.filter_layers(net_param, state):
+            copy = caffe_pb2.LayerParameter()
+            copy.CopyFrom(lp)
+            if not copy.HasField('phase'):
+                copy.phase = self.phase
+            self._add_layer(copy, generator)
+        self._finish_params()
+        self.outputs = sorted(self._available)  # std::set order, as Caffe lists them
+        self._last_writer = {}
+        for step in self._steps:
+            for name in step.lp.top:
+                self._last_writer[name] = step.index
+        for step in self._steps:
+            if hasattr(step.layer, 'generator') and not isinstance(step, _PythonStep):
+                step.layer.generator = mode.generator(self._device)
+
+    def _add_layer(self, lp, generator):
+        index = len(self._steps)
+        where = 'layer %r (%s)' % (lp.name, lp.type)
+        if len(lp.propagate_down) and len(lp.propagate_down) != len(lp.bottom):
+            raise CaffeError('%s: propagate_down must be given 0 or %d times, got %d'
+                             % (where, len(lp.bottom), len(lp.propagate_down)))
+        for name in lp.bottom:
+            if name not in self._blobs:
+                raise CaffeError('%s: bottom blob %r is not produced by any earlier layer'
+                                 % (where, name))
+        bottoms = [self._blobs[name] for name in lp.bottom]
+        for name in lp.bottom:
+            self._available.discard(name)
+        tops, in_place = [], []
+        for j, name in enumerate(lp.top):
+            if j < len(lp.bottom) and lp.bottom[j] == name:
+                tops.append(self._blobs[name])
+                in_place.append(True)
+            elif name in self._blobs:
+                raise CaffeError('%s: top blob %r is produced by multiple sources (only '
+                                 'top i == bottom i runs in place)' % (where, name))
+            else:
+                blob = self._blobs[name] = Blob()
+                tops.append(blob)
+                in_place.append(False)
+            self._available.add(name)
+
+        if lp.type == 'Python':
+            layer = create_python_layer(lp)
+            runner = PythonLayerRunner(layer, lp, lp.phase, bottoms, tops)
+            step = _PythonStep(index, lp, layer, bottoms, tops, in_place, runner)
+            runner.setup()
+            param_blobs = layer.blobs
+            weights = _given_loss_weights(lp, where)
+        else:
+            layer = create_layer(lp, lp.phase)
+            layer.check_blob_counts(len(bottoms), len(tops))
+            kind = _InputStep if lp.type == 'Input' else _Step
+            step = kind(index, lp, layer, bottoms, tops, in_place)
+            bottom_shapes = [b.shape for b in bottoms]
+            for blob, shape, ip in zip(tops, step.check_shapes(bottom_shapes), in_place):
+                if not ip:
+                    blob._declare_shape(shape)
+            param_blobs = self._make_params(layer, bottom_shapes, generator)
+            layer.blobs = param_blobs
+            weights = layer.loss_weights()
+            if lp.type == 'Input':
+                self.inputs.extend(lp.top)
+        self._steps.append(step)
+        self._setup_params(step, param_blobs, where)
+        self._setup_loss(step, weights)
+
+    @staticmethod
+    def _make_params(layer, bottom_shapes, generator):
+        shapes = [tuple(int(d) for d in s) for s in layer.param_shapes(bottom_shapes)]
+        tensors = [torch.zeros(s, dtype=torch.float32) for s in shapes]
+        layer.fill_params(tensors, bottom_shapes, generator)
+        blobs = []
+        for t in tensors:
+            b = Blob(t.shape)
+            b._data.tensor = t
+            blobs.append(b)
+        return blobs
+
+    def _setup_params(self, step, param_blobs, where):
+        """Caffe's AppendParam: ownership, sharing by name, lr / decay multipliers."""
+        lp = step.lp
+        if len(lp.param) > len(param_blobs):
+            raise CaffeError('%s: %d param specs but only %d learnable blobs (too many params '
+                             'specified)' % (where, len(lp.param), len(param_blobs)))
+        for j in range(len(param_blobs)):
+            blob = param_blobs[j]
+            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
+            step.param_shapes.append(blob.shape)
+            step.param_train.append(spec.lr_mult != 0 or self.force_backward)
+            shared = bool(spec.name) and spec.name in self._shared
+            step.param_owned.append(not shared)
+            if shared:
+                owner, k = self._shared[spec.name]
+                self._check_shared(where, spec, j, blob, owner, k)
+                param_blobs[j] = blob = owner
+            else:
+                k = len(self.learnable_params)
+                if spec.name:
+                    self._shared[spec.name] = (blob, k)
+                self.learnable_params.append(blob)
+                self.has_params_lr.append(spec.HasField('lr_mult'))
+                self.has_params_decay.append(spec.HasField('decay_mult'))
+                self.params_lr.append(spec.lr_mult)
+                self.params_weight_decay.append(spec.decay_mult)
+            step.params.append(blob)
+            if step.param_train[-1]:
+                blob._requires_grad = True
+
+    def _check_shared(self, where, spec, j, blob, owner, k):
+        if spec.share_mode == _PERMISSIVE:
+            if blob.count != owner.count:
+                raise CaffeError('%s: param %d shares %r but has %d values, the owner %d '
+                                 '(shapes %s and %s)' % (where, j, spec.name, blob.count,
+                                                         owner.count, blob.shape, owner.shape))
+        elif blob.shape != owner.shape:
+            raise CaffeError('%s: param %d shares %r but has shape %s, the owner %s (use '
+                             'share_mode: PERMISSIVE to compare counts only)'
+                             % (where, j, spec.name, blob.shape, owner.shape))
+        for field, has, values in (('lr_mult', self.has_params_lr, self.params_lr),
+                                   ('decay_mult', self.has_params_decay,
+                                    self.params_weight_decay)):
+            if spec.HasField(field):
+                if has[k] and values[k] != getattr(spec, field):
+                    raise CaffeError('%s: shared param %r has mismatched %s (%g, owner %g)'
+                                     % (where, spec.name, field, getattr(spec, field),
+                                        values[k]))
+                has[k] = True
+                values[k] = getattr(spec, field)
+
+    def _finish_params(self):
+        """Per layer: detach the params it does not train, view permissive shares."""
+        for step in self._steps:
+            special = []
+            for blob, train, shape in zip(step.params, step.param_train, step.param_shapes):
+                detach = blob._requires_grad and not train
+                special.append((detach, shape if shape != blob.shape else None))
+            if any(d or v is not None for d, v in special):
+                step.param_special = special
+
+    def _setup_loss(self, step, weights):
+        lp = step.lp
+        if any(not p for p in lp.propagate_down):
+            step.stop_grad = [not p for p in lp.propagate_down]
+        for k, (blob, name, w) in enumerate(zip(step.tops, lp.top, weights)):
+            self._blob_loss_weights[name] = float(w)
+            if w:
+                step.loss_weights[k] = float(w)
+                # Caffe keeps a loss top's weight in its diff: backward starts from it.
+                blob._diff.tensor = torch.full(blob.shape, float(w), dtype=torch.float32)
+        step.produced = [(k, blob) for k, (blob, ip) in enumerate(zip(step.tops, step.in_place))
+                         if not ip and k not in step.loss_weights]
+
+    # ---- pycaffe's views of the net --------------------------------------------------
+
+    @property
+    def blobs(self):
+        """Blob name -> Blob, in the order Caffe makes the blobs."""
+        return self._blobs
+
+    @property
+    def params(self):
+        """Layer name -> list of learnable blobs, for layers that have any."""
+        return OrderedDict((s.name, s.layer.blobs) for s in self._steps if len(s.layer.blobs))
+
+    @property
+    def layers(self):
+        """The layer objects in order (each has ``type`` and ``blobs``)."""
+        return [s.layer for s in self._steps]
+
+    @property
+    def _layer_names(self):
+        return [s.name for s in self._steps]
+
+    @property
+    def _blob_names(self):
+        return list(self._blobs)
+
+    @property
+    def layer_dict(self):
+        """Layer name -> layer object."""
+        return OrderedDict((s.name, s.layer) for s in self._steps)
+
+    @property
+    def top_names(self):
+        """Layer name -> its top blob names."""
+        return OrderedDict((s.name, list(s.lp.top)) for s in self._steps)
+
+    @property
+    def bottom_names(self):
+        """Layer name -> its bottom blob names."""
+        return OrderedDict((s.name, list(s.lp.bottom)) for s in self._steps)
+
+    @property
+    def blob_loss_weights(self):
+        """Blob name -> loss weight (0 for blobs that are not losses)."""
+        return OrderedDict((name, self._blob_loss_weights.get(name, 0.0))
+                           for name in self._blobs)
+
+    @property
+    def device(self):
+        """The torch device the net's tensors are on now."""
+        return self._device
+
+    def _layer_index(self, name):
+        for step in self._steps:
+            if step.name == name:
+                return step.index
+        raise CaffeError('net %r has no layer named %r' % (self.name, name))
+
+    # ---- device and dtype ------------------------------------------------------------
+
+    def sync_device(self):
+        """Move the net to the device of the current mode, if it is not there yet."""
+        if self._mode_version != mode.version():
+            dev = mode.device()
+            if dev != self._device:
+                self._move(dev)
+            self._mode_version = mode.version()
+
+    def _all_blobs(self):
+        seen, out = set(), []
+        for b in list(self._blobs.values()) + [p for s in self._steps for p in s.layer.blobs]:
+            if id(b) not in seen:
+                seen.add(id(b))
+                out.append(b)
+        return out
+
+    def _move(self, dev, dtype=None):
+        for b in self._all_blobs():
+            b._to(dev, dtype or b._dtype)
+        self._device = dev
+        self._mirrored = blob_module.needs_mirror(dev)
+        for step in self._steps:
+            if hasattr(step.layer, 'generator') and not isinstance(step, _PythonStep):
+                step.layer.generator = mode.generator(dev)
+
+    def to(self, dtype):
+        """Convert every blob to ``dtype`` (e.g. float64 for gradient checks).
+
+        Caffe computes in float32; this exists for tests that need double precision.
+        """
+        self._move(self._device, dtype)
+        return self
+
+    # ---- forward ---------------------------------------------------------------------
+
+    def forward(self, blobs=None, start=None, end=None, **kwargs):
+        """Run the net forward, as pycaffe's ``Net.forward``.
+
+        Parameters
+        ----------
+        blobs : list of str, optional
+            Blobs to return besides the outputs.
+        start, end : str, optional
+            Names of the first and last layer to run (both inclusive).
+        **kwargs :
+            Input blob name -> array of exactly the blob's shape (reshape the blob
+            first for another shape). Either every input or none.
+
+        Returns
+        -------
+        dict
+            Blob name -> its ``data`` array, for the outputs (or ``end``'s blob when
+            ``end`` is given) and ``blobs``.
+        """
+        blobs = list(blobs or [])
+        start_ind = 0 if start is None else self._layer_index(start)
+        if end is not None:
+            end_ind = self._layer_index(end)
+            # pycaffe returns the blob named like the end layer; layers named
+            # otherwise give their tops.
+            ends = [end] if end in self._blobs else list(self._steps[end_ind].lp.top)
+            outputs = set(ends + blobs)
+        else:
+            end_ind = len(self._steps) - 1
+            outputs = set(self.outputs + blobs)
+        missing = [b for b in outputs if b not in self._blobs]
+        if missing:
+            raise CaffeError('net %r has no blob %r' % (self.name, missing[0]))
+        if kwargs:
+            if set(kwargs) != set(self.inputs):
+                raise CaffeError('Input blob arguments do not match net inputs: got %s, the '
+                                 'inputs are %s' % (sorted(kwargs), self.inputs))
+            for name, value in kwargs.items():
+                self._set_input(name, value)
+        self._forward(start_ind, end_ind)
+        return {out: self._blobs[out].data for out in outputs}
+
+    def _set_input(self, name, value):
+        blob = self._blobs[name]
+        value = np.asarray(value)
+        if value.shape != blob.shape:
+            raise ShapeError('input %r: array of shape %s for a blob of shape %s; reshape the '
+                             'blob first (net.blobs[%r].reshape(*shape))'
+                             % (name, value.shape, blob.shape, name))
+        blob.set_data(value)
+
+    def _forward(self, start, end):
+        """Run layers ``start`` .. ``end`` (indices, inclusive); pycaffe's ``_forward``."""
+        if not 0 <= start <= end < len(self._steps):
+            raise CaffeError('forward from layer %d to %d is out of range (%d layers)'
+                             % (start, end, len(self._steps)))
+        if self._mode_version != mode.version():
+            self.sync_device()
+        force_backward = self.force_backward
+        steps = self._steps[start:end + 1]
+        # Drop the previous graph now rather than when its last tensor is replaced,
+        # so that two forwards' saved tensors are never alive together.
+        for step in steps:
+            step.release()
+        if self.autograd:
+            for step in steps:
+                step.run(force_backward)
+        else:
+            with torch.no_grad():
+                for step in steps:
+                    step.run(force_backward)
+
+    def reshape(self):
+        """Propagate the input blobs' shapes through every layer (Caffe's Net::Reshape)."""
+        for step in self._steps:
+            step.reshape()
+
+    # ---- backward --------------------------------------------------------------------
+
+    def backward(self, diffs=None, start=None, end=None, **kwargs):
+        """Run the net backward, as pycaffe's ``Net.backward``.
+
+        Parameters
+        ----------
+        diffs : list of str, optional
+            Blobs whose diffs to return besides the inputs'.
+        start : str, optional
+            Layer to start from: its tops' current diffs seed the gradient (a loss
+            top's diff holds its loss weight), and layers above it are left out.
+        end : str, optional
+            Only the first layer is supported: stopping part way down is not.
+        **kwargs :
+            Output blob name -> diff array seeding it; every output or none.
+
+        Returns
+        -------
+        dict
+            Blob name -> its ``diff`` array, for the inputs (or ``end``'s blob) and
+            ``diffs``.
+        """
+        diffs = list(diffs or [])
+        last = len(self._steps) - 1
+        start_ind = last if start is None else self._layer_index(start)
+        if end is not None and self._layer_index(end) != 0:
+            raise NotImplementedError(
+                'backward(end=%r): stopping before the first layer is not supported; autograd '
+                'runs every layer below start' % (end,))
+        if end is None:
+            outputs = set(self.inputs + diffs)
+        else:  # as forward: the blob named like the layer, else the layer's tops
+            ends = [end] if end in self._blobs else list(self._steps[0].lp.top)
+            outputs = set(ends + diffs)
+        missing = [b for b in outputs if b not in self._blobs]
+        if missing:
+            raise CaffeError('net %r has no blob %r' % (self.name, missing[0]))
+        seeded = []
+        if kwargs:
+            if set(kwargs) != set(self.outputs):
+                raise CaffeError('Top diff arguments do not match net outputs: got %s, the '
+                                 'outputs are %s' % (sorted(kwargs), self.outputs))
+            for name, value in kwargs.items():
+                blob = self._blobs[name]
+                value = np.asarray(value)
+                if value.shape != blob.shape:
+                    raise ShapeError('diff for %r has shape %s, the blob %s'
+                                     % (name, value.shape, blob.shape))
+                blob.diff[...] = value
+                seeded.append(name)
+        self._backward(start_ind, seeded)
+        return {out: self._blobs[out].diff for out in outputs}
+
+    def _backward(self, start=None, seeded=()):
+        """Backward from layer index ``start`` (the last by default) to the first.
+
+        The roots are the loss tops of the layers up to ``start``, seeded with their
+        diffs (which hold their loss weights), and, from a layer other than the last,
+        that layer's tops seeded with their current diffs; ``seeded`` names more
+        blobs whose diffs seed them (pycaffe's output diffs).
+        """
+        if not self.autograd:
+            raise CaffeError('net %r has autograd = False, so its forward kept no gradient '
+                             'graph: set net.autograd = True before the forward to '
+                             'backpropagate' % self.name)
+        last = len(self._steps) - 1
+        start = last if start is None else start
+        roots, grads = [], []
+        seeded_blobs = [self._blobs[name] for name in seeded]
+        if start != last:
+            step = self._steps[start]
+            for name, blob in zip(step.lp.top, step.tops):
+                if self._last_writer[name] != start:
+                    raise NotImplementedError(
+                        'backward(start=%r): top %r is changed in place by a later layer; '
+                        'start from that layer instead' % (step.name, name))
+                seeded_blobs.append(blob)
+        loss_blobs = []
+        for step in self._steps[:start + 1]:
+            for k, t in step.loss_outputs.items():
+                self._add_root(roots, grads, t, step.tops[k], step.loss_weights[k])
+                loss_blobs.append(step.tops[k])
+        for blob in seeded_blobs:
+            if not any(blob is b for b in loss_blobs):
+                self._add_root(roots, grads, blob._data.tensor, blob, 0.0)
+        if not roots:
+            return
+        if self._mirrored:
+            for b in self.learnable_params:
+                if b._diff.tensor is not None:
+                    b.diff_tensor()  # host writes go to the device before accumulating
+        torch.autograd.backward(roots, grads, retain_graph=True)
+        if self._mirrored:
+            for step in self._steps:
+                if not isinstance(step, _PythonStep):
+                    for b in step.params:
+                        if b._requires_grad:
+                            b._diff.head = blob_module.DEVICE
+
+    @staticmethod
+    def _add_root(roots, grads, tensor, blob, weight):
+        if tensor is None or not tensor.requires_grad:
+            return
+        seed = blob.diff_tensor()
+        if seed.shape != tensor.shape:  # the blob was reshaped since the weight was set
+            seed = torch.full(tensor.shape, weight, dtype=tensor.dtype, device=tensor.device)
+            blob._diff.set(seed)
+        roots.append(tensor)
+        grads.append(seed.to(tensor.dtype))
+
+    def forward_backward(self):
+        """Forward, then backward; returns the loss (Caffe's ForwardBackward)."""
+        self._forward(0, len(self._steps) - 1)
+        self._backward()
+        return float(self.loss())
+
+    def loss(self):
+        """The weighted loss of the last forward: sum over loss tops of
+        ``dot(top data, top diff)``, as Caffe's Layer::Forward adds it up.
+
+        Returns a 0-d tensor on the net's device (no host sync).
+        """
+        total = None
+        for step in self._steps:
+            for k, t in step.loss_outputs.items():
+                seed = step.tops[k].diff_tensor()
+                term = (t.detach() * seed.to(t.dtype)).sum()
+                total = term if total is None else total + term
+        if total is None:
+            return torch.zeros((), device=self._device)
+        return total
+
+    def clear_param_diffs(self):
+        """Zero every learnable param's diff (Caffe's ClearParamDiffs)."""
+        for b in self.learnable_params:
+            b._diff.zero()
+
+    # ---- batches (pycaffe's forward_all) ---------------------------------------------
+
+    def forward_all(self, blobs=None, **kwargs):
+        """Forward every item of the input arrays in batches of the net's batch size.
+
+        Returns
+        -------
+        dict : blob name -> array of all items' outputs (padding discarded).
+        """
+        all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
+        for batch in self._batch(kwargs):
+            outs = self.forward(blobs=blobs, **batch)
+            for out, data in outs.items():
+                all_outs[out].extend(data.copy())
+        for out in all_outs:
+            all_outs[out] = np.asarray(all_outs[out])
+        pad = len(next(iter(all_outs.values()))) - len(next(iter(kwargs.values())))
+        if pad:
+            for out in all_outs:
+                all_outs[out] = all_outs[out][:-pad]
+        return all_outs
+
+    def _batch(self, arrays):
+        num = len(next(iter(arrays.values())))
+        batch_size = next(iter(self._blobs.values())).num
+        for i in range(0, num - num % batch_size, batch_size):
+            yield {name: np.asarray(a[i:i + batch_size]) for name, a in arrays.items()}
+        remainder = num % batch_size
+        if remainder:
+            batch = {}
+            for name, a in arrays.items():
+                a = np.asarray(a)
+                pad = np.zeros((batch_size - remainder,) + a.shape[1:], a.dtype)
+                batch[name] = np.concatenate([a[-remainder:], pad])
+            yield batch
+
+    # ---- weights ---------------------------------------------------------------------
+
+    def copy_from(self, path):
+        """Copy learnable blobs from a ``.caffemodel`` (or ``.h5``) by layer name.
+
+        Layers the net lacks are ignored. A count or shape mismatch is an error
+        naming the layer, the blob index and both shapes; legacy 4-D shapes match
+        when equal after dropping leading 1s (Caffe's Blob::ShapeEquals).
+        """
+        path = os.fspath(path)
+        source = io.read_caffemodel(path)
+        h5 = path.endswith('.h5')
+        first = {}
+        for step in self._steps:
+            first.setdefault(step.name, step)
+        for src in source.layer:
+            step = first.get(src.name)
+            if step is None:
+                log.debug('Ignoring source layer %s', src.name)
+                continue
+            self._copy_layer(path, src, step, h5)
+
+    def _copy_layer(self, path, src, step, h5):
+        targets = step.layer.blobs
+        n_src, n_dst = len(src.blobs), len(targets)
+        if n_src > n_dst or (n_src < n_dst and not h5):
+            raise CaffeError('%s: incompatible number of blobs for layer %r: the file has %d, '
+                             'the net %d' % (path, src.name, n_src, n_dst))
+        for j, (blob, shape) in enumerate(zip(targets, step.param_shapes)):
+            proto = src.blobs[j] if j < n_src else None
+            if proto is None or io.is_placeholder_blob(proto):
+                if h5 and not step.param_owned[j]:
+                    continue  # Caffe stores a shared param once, under its owner
+                raise CaffeError('%s: incompatible number of blobs for layer %r: blob %d is '
+                                 'missing' % (path, src.name, j))
+            if not io.legacy_shape_equals(proto, shape):
+                raise CaffeError(
+                    "%s: cannot copy param %d weights from layer %r; shape mismatch. Source "
+                    "param shape is %s; target param shape is %s. To learn this layer's "
+                    "parameters from scratch rather than copying from a saved net, rename "
+                    "the layer." % (path, j, src.name, io.blob_shape(proto), shape))
+            blob.set_data(io.blobproto_to_array(proto).reshape(blob.shape))
+
+    def to_proto(self, write_diff=False):
+        """The net as Caffe's Net::ToProto: each layer's parameter with its blobs."""
+        net = caffe_pb2.NetParameter(name=self.name)
+        for step in self._steps:
+            lp = net.layer.add()
+            lp.CopyFrom(step.lp)
+            del lp.blobs[:]
+            for blob, shape in zip(step.layer.blobs, step.param_shapes):
+                data = blob.data.reshape(shape)
+                diff = blob.diff.reshape(shape) if write_diff else None
+                lp.blobs.add().CopyFrom(io.array_to_blobproto(data, diff))
+        return net
+
+    def save(self, path):
+        """Write the layers and their weights; a ``.h5`` path writes Caffe's HDF5 form."""
+        io.write_caffemodel(self.to_proto(), os.fspath(path))
+
+    def save_hdf5(self, path):
+        """Write the weights in Caffe's HDF5 form (pycaffe's ``save_hdf5``)."""
+        io.write_caffemodel_h5(self.to_proto(), os.fspath(path))
+
+    def load_hdf5(self, path):
+        """Copy weights from an HDF5 caffemodel (pycaffe's ``load_hdf5``)."""
+        self.copy_from(path)
+
+    def share_with(self, other):
+        """Share the learnable blobs' data (not diffs) of same-named layers of ``other``
+        (Caffe's ShareTrainedLayersWith): writes through either net show in both."""
+        first = {}
+        for step in self._steps:
+            first.setdefault(step.name, step)
+        for src in other._steps:
+            step = first.get(src.name)
+            if step is None:
+                continue
+            targets, sources = step.layer.blobs, src.layer.blobs
+            if len(targets) != len(sources):
+                raise CaffeError('share_with: incompatible number of blobs for layer %r: %d '
+                                 'here, %d in the other net' % (src.name, len(targets),
+                                                                len(sources)))
+            for j, (dst, s) in enumerate(zip(targets, sources)):
+                if dst.shape != s.shape:
+                    raise CaffeError('share_with: layer %r blob %d has shape %s here, %s in '
+                                     'the other net' % (src.name, j, dst.shape, s.shape))
+                if s._data.tensor is None:
+                    s._allocate(s._data)
+                dst._data = s._data
+
+
+def _given_loss_weights(lp, where):
+    weights = list(lp.loss_weight)
+    if weights and len(weights) != len(lp.top):
+        raise CaffeError('%s: loss_weight must be given 0 or %d times, got %d'
+                         % (where, len(lp.top), len(weights)))
+    return weights or [0.0] * len(lp.top)

@@ -257,6 +257,25 @@ def test_deploy_net_with_saved_val_weights_gives_the_val_score(val_run, tmp_path
     np.testing.assert_array_equal(out['score'], val_run['net'].blobs['score'].data)
 
 
+def test_deploy_net_sharing_val_weights_gives_the_val_score(val_run):
+    net = val_run['net']
+    deploy = caffe.Net(stage_net(val_run['stage'], 'deploy'), caffe.TEST)
+    deploy.share_with(net)
+    deploy.blobs['data'].reshape(*SHAPE)
+    score = deploy.forward(data=val_run['data'])['score'].copy()
+    np.testing.assert_array_equal(score, net.blobs['score'].data)
+    # shared storage: a write through the val net shows in the deploy net
+    bias = net.params['score_fr'][1]
+    saved = bias.data.copy()
+    bias.data[...] += 1
+    try:
+        np.testing.assert_array_equal(deploy.params['score_fr'][1].data, saved + 1)
+        shifted = deploy.forward(data=val_run['data'])['score']
+        assert not np.array_equal(shifted, score)
+    finally:
+        bias.data[...] = saved
+
+
 def test_caffemodel_written_by_save_loads_back_bit_identically(val_run, tmp_path):
     net, proto = val_run['net'], val_run['proto']
     path = str(tmp_path / 'w.caffemodel')

@@ -1,10 +1,51 @@
 """Segmentation scoring, as the FCN reference's score.py.
 
-So far: the confusion matrix and the four FCN metrics computed from it. Scoring a net on
-a split (``seg_tests``, ``do_seg_tests``) needs ``torchcaffe.Net`` and comes with it.
-"""
-import numpy as np
+    # a snapshot on its val net's split (the data layer's list, in order)
+    python score.py voc-fcn32s/val.prototxt snapshot/train_iter_100000.caffemodel \\
+        --classes data/pascal/classes.txt --json fcn32s.json [--save-dir preds] [--gpu 0]
+    # first N images only, or a split list for nets whose data layer has none
+    python score.py NET.prototxt WEIGHTS --count 50
+    # a folder of predicted label PNGs against a folder of ground truth PNGs
+    python score.py --pred-dir preds --gt-dir data/pascal/VOC2011/SegmentationClass \\
+        --split-file data/pascal/seg11valid.txt --classes 21
 
+The net runs from its prototxt's folder, since the FCN val prototxts name their
+data as ``../data/...``; other paths are taken relative to where the command runs.
+
+In training scripts, as the reference's solve.py::
+
+    score.seg_tests(solver, False, val, layer='score')
+
+scores ``len(val)`` images with the solver's test net (sharing the train net's
+weights) and prints the reference's lines: loss, overall accuracy, mean accuracy,
+mean IU, fwavacc, then the IU of each class.
+
+Metrics (the FCN paper's) come from a confusion matrix ``hist`` whose row ``i``,
+column ``j`` counts pixels of ground-truth class ``i`` predicted as ``j``; pixels
+labelled outside ``[0, n)`` (the 255 void label) are not counted.
+"""
+import argparse
+import contextlib
+import json
+import math
+import os
+import sys
+import warnings
+from datetime import datetime
+
+import numpy as np
+from PIL import Image
+
+import torchcaffe as caffe
+from torchcaffe.errors import CaffeError
+from torchcaffe.progress import progress
+
+__all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'compute_hist', 'seg_tests',
+           'do_seg_tests', 'read_class_names', 'read_label_png', 'label_palette',
+           'score_net', 'score_folders', 'main']
+
+
+# ------------------------------------------------------------------------ metrics
 
 def fast_hist(a, b, n):
     """Confusion matrix of labels ``a`` (ground truth) against predictions ``b``.
@@ -27,9 +68,9 @@ def seg_metrics(hist):
     """The FCN paper's metrics from a confusion matrix.
 
     Returns a dict with ``overall_acc`` (pixel accuracy), ``mean_acc``, ``mean_iu``,
-    ``fwavacc`` (frequency-weighted IU) and ``iu`` (per class). Classes that never occur in
-    the ground truth and are never predicted have an undefined IU (NaN) and are left out of
-    the means, as numpy's nanmean in the reference does.
+    ``fwavacc`` (frequency-weighted IU), ``iu`` and ``acc`` (per class). Classes that
+    never occur in the ground truth and are never predicted have an undefined IU (NaN)
+    and are left out of the means, as numpy's nanmean in the reference does.
     """
     hist = np.asarray(hist, dtype=np.float64)
     gt = hist.sum(1)
@@ -38,11 +79,433 @@ def seg_metrics(hist):
     with np.errstate(divide='ignore', invalid='ignore'):
         acc = tp / gt
         iu = tp / (gt + pred - tp)
-    freq = gt / hist.sum()
+        overall = tp.sum() / hist.sum()
+        freq = gt / hist.sum()
+    with warnings.catch_warnings():
+        # nanmean of nothing but NaN (an empty matrix) warns; NaN is the answer.
+        warnings.simplefilter('ignore', RuntimeWarning)
+        mean_acc, mean_iu = np.nanmean(acc), np.nanmean(iu)
     return {
-        'overall_acc': tp.sum() / hist.sum(),
-        'mean_acc': np.nanmean(acc),
-        'mean_iu': np.nanmean(iu),
+        'overall_acc': overall,
+        'mean_acc': mean_acc,
+        'mean_iu': mean_iu,
         'fwavacc': (freq[freq > 0] * iu[freq > 0]).sum(),
         'iu': iu,
+        'acc': acc,
     }
+
+
+class ConfusionMatrix:
+    """A confusion matrix that accumulates images: ``update``, ``compute``, ``str()``.
+
+    Parameters
+    ----------
+    num_classes : int
+    names : list of str, optional
+        Class names for the table; ``class 0``, ``class 1``, ... by default.
+
+    Examples
+    --------
+    >>> cm = ConfusionMatrix(2, ['bg', 'fg'])
+    >>> cm.update(np.array([[0, 1], [1, 255]]), np.array([[0, 1], [0, 1]])).hist
+    array([[1, 0],
+           [1, 1]])
+    >>> float(cm.compute()['mean_iu'])
+    0.5
+    """
+
+    def __init__(self, num_classes, names=None):
+        self.num_classes = int(num_classes)
+        self.names = class_names(names, self.num_classes)
+        self.hist = np.zeros((self.num_classes, self.num_classes), np.int64)
+
+    def update(self, gt, pred):
+        """Add one image (or any arrays of equal size) of labels and predictions."""
+        self.hist += fast_hist(gt, pred, self.num_classes)
+        return self
+
+    def compute(self):
+        """The metrics of :func:`seg_metrics`."""
+        return seg_metrics(self.hist)
+
+    def report(self, loss=None):
+        """The metrics (with ``loss`` first, when given), then a per-class table."""
+        m = self.compute()
+        return '\n'.join(metric_lines(m, loss) + ['per-class IU:']
+                         + iu_table(m, self.names, self.hist))
+
+    def __str__(self):
+        return self.report()
+
+
+def class_names(names, n):
+    """``names`` checked against ``n`` classes, or ``class 0`` ... when None."""
+    if names is None:
+        return ['class %d' % i for i in range(n)]
+    names = list(names)
+    if len(names) != n:
+        raise ValueError('%d class names for %d classes' % (len(names), n))
+    return names
+
+
+def metric_lines(m, loss=None):
+    """The four metrics (and the loss, when given) as ``name value`` lines."""
+    lines = [] if loss is None else ['loss %s' % _num(loss)]
+    return lines + ['overall accuracy %s' % _num(m['overall_acc']),
+                    'mean accuracy %s' % _num(m['mean_acc']),
+                    'mean IU %s' % _num(m['mean_iu']),
+                    'fwavacc %s' % _num(m['fwavacc'])]
+
+
+def iu_table(m, names, hist=None):
+    """One line per class: name, IU, accuracy and (with ``hist``) labelled pixels."""
+    width = max(len(name) for name in names)
+    lines = []
+    for i, name in enumerate(names):
+        line = '  %-*s  IU %s  acc %s' % (width, name, _fixed(m['iu'][i]), _fixed(m['acc'][i]))
+        if hist is not None:
+            line += '  pixels %d' % int(hist[i].sum())
+        lines.append(line)
+    return lines
+
+
+def _num(x):
+    return '%.6g' % x if x is not None and np.isfinite(x) else 'nan'
+
+
+def _fixed(x):
+    return '%.4f' % x if np.isfinite(x) else '   nan'
+
+
+# ------------------------------------------------------------------------ scoring a net
+
+def label_palette():
+    """PASCAL VOC's colour map as a flat list of 768 values (class i -> RGB).
+
+    Bits 0, 1, 2 of the index go to bit 7 of R, G, B, bits 3, 4, 5 to bit 6, and so on.
+
+    >>> label_palette()[3:6], label_palette()[255 * 3:]
+    ([128, 0, 0], [224, 224, 192])
+    """
+    palette = []
+    for index in range(256):
+        rgb = [0, 0, 0]
+        for bit in range(8):
+            for channel in range(3):
+                rgb[channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
+        palette.extend(rgb)
+    return palette
+
+
+def save_label_png(labels, path):
+    """Write H x W class indices (< 256) as a palette PNG whose pixel values are them."""
+    if labels.size and labels.max() > 255:
+        raise ValueError('%s: class %d does not fit a PNG of 8-bit indices'
+                         % (path, labels.max()))
+    labels = np.ascontiguousarray(labels, dtype=np.uint8)
+    im = Image.frombytes('P', (labels.shape[1], labels.shape[0]), labels.tobytes())
+    im.putpalette(label_palette())
+    im.save(path)
+
+
+def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
+    """Forward the net once per item of ``dataset``; accumulate the confusion matrix.
+
+    Each forward's data layer gives the next image: the prediction is the argmax
+    over channels of blob ``layer`` of the first item, the truth blob ``gt``.
+    Gradients are not recorded (``net.autograd`` is False while scoring).
+
+    Parameters
+    ----------
+    net : torchcaffe.Net
+    save_dir : str or None
+        When given, each prediction is written there as ``<id>.png`` (a palette PNG
+        of class indices); the folder is created if needed.
+    dataset : sequence of str
+        Image ids, in the order the data layer reads them.
+    layer, gt, loss : str
+        Blob names of the scores, the labels and the loss. Without a ``loss`` blob
+        (None, or not in the net) the loss is NaN.
+
+    Returns
+    -------
+    hist : (n, n) int64 array
+    loss : float
+        The mean over images of the loss blob.
+    """
+    n_cl = net.blobs[layer].channels
+    if save_dir:
+        os.makedirs(save_dir, exist_ok=True)
+    hist = np.zeros((n_cl, n_cl), np.int64)
+    total = 0.0 if loss and loss in net.blobs else math.nan
+    recording = net.autograd
+    net.autograd = False
+    try:
+        for idx in progress(dataset, total=len(dataset), desc='scoring'):
+            net.forward()
+            pred = net.blobs[layer].data[0].argmax(0)
+            hist += fast_hist(net.blobs[gt].data[0, 0], pred, n_cl)
+            if save_dir:
+                save_label_png(pred, os.path.join(save_dir, str(idx) + '.png'))
+            if not math.isnan(total):
+                total += float(net.blobs[loss].data.flat[0])
+    finally:
+        net.autograd = recording
+    return hist, total / max(len(dataset), 1)
+
+
+def seg_tests(solver, save_format, dataset, layer='score', gt='label'):
+    """Score the solver's first test net, with the train net's weights, on ``dataset``.
+
+    Returns the confusion matrix, as :func:`do_seg_tests`.
+    """
+    print('>>>', datetime.now(), 'Begin seg tests')
+    solver.test_nets[0].share_with(solver.net)
+    return do_seg_tests(solver.test_nets[0], solver.iter, save_format, dataset, layer, gt)
+
+
+def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', loss='loss',
+                 names=None):
+    """Score ``net`` on ``dataset`` and print the reference's lines for iteration ``iter``.
+
+    Parameters
+    ----------
+    save_format : str or falsy
+        A folder name with ``{}`` for the iteration (``'preds-{}'``); predictions are
+        saved there. False saves nothing.
+    names : list of str, optional
+        Class names for the per-class IU lines.
+
+    Returns
+    -------
+    hist : (n, n) int64 array
+        Its metrics: ``seg_metrics(hist)``.
+    """
+    save_dir = save_format.format(iter) if save_format else None
+    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss)
+    m = seg_metrics(hist)
+    for line in metric_lines(m, mean_loss):
+        print('>>>', datetime.now(), 'Iteration', iter, line)
+    print('>>>', datetime.now(), 'Iteration', iter, 'per-class IU')
+    for line in iu_table(m, class_names(names, len(hist))):
+        print(line)
+    return hist
+
+
+# ------------------------------------------------------------------------ files
+
+def read_class_names(path):
+    """Class names, one a line, up to the first blank line (notes may follow it)."""
+    names = []
+    with open(path, encoding='utf-8') as f:
+        for line in f:
+            if not line.strip():
+                break
+            names.append(line.strip())
+    if not names:
+        raise ValueError('%s: no class names (one a line, before any blank line)' % path)
+    return names
+
+
+def read_split_list(path):
+    """Image ids, one a line (blank lines skipped)."""
+    with open(path, encoding='utf-8') as f:
+        ids = [line.strip() for line in f if line.strip()]
+    if not ids:
+        raise ValueError('%s: the split list is empty' % path)
+    return ids
+
+
+def read_label_png(path):
+    """An H x W uint8 array of a palette (P) or 8-bit grayscale (L) label PNG."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError('label PNG not found: %s' % path)
+    with Image.open(path) as im:
+        if im.mode not in ('P', 'L'):
+            raise ValueError('%s: labels must be a palette (P) or 8-bit grayscale (L) PNG of '
+                             'class indices, got mode %r' % (path, im.mode))
+        return np.array(im, dtype=np.uint8)
+
+
+# ------------------------------------------------------------------------ commands
+
+def _data_layer_ids(net):
+    """The ids of the net's Python data layer split, in its order, or None."""
+    for layer in net.layers:
+        indices = getattr(layer, 'indices', None)
+        if indices is not None:
+            if getattr(layer, 'random', False):
+                print('score.py: warning: the data layer picks images at random (its split '
+                      'name contains "train"); ids are positions, not image names',
+                      file=sys.stderr)
+                return ['%06d' % i for i in range(len(indices))]
+            return list(indices)
+    return None
+
+
+def _choose_ids(layer_ids, split_ids, count, split_file):
+    if split_ids is not None and layer_ids is not None \
+            and split_ids != layer_ids[:len(split_ids)]:
+        raise ValueError('%s does not list the images of the net\'s data layer in its order '
+                         '(it reads %d images starting %s)'
+                         % (split_file, len(layer_ids), ', '.join(layer_ids[:3])))
+    ids = split_ids if split_ids is not None else layer_ids
+    if ids is None:
+        if count is None:
+            raise ValueError('the net has no Python data layer with a split list: give '
+                             '--split-file LIST or --count N')
+        return ['%06d' % i for i in range(count)]
+    if count is not None:
+        if count > len(ids):
+            raise ValueError('--count %d, but the split has only %d images'
+                             % (count, len(ids)))
+        ids = ids[:count]
+    return ids
+
+
+def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, layer='score',
+              gt='label', loss='loss', split_file=None):
+    """Score a snapshot on its TEST net's data; the net runs from the prototxt's folder.
+
+    Returns
+    -------
+    hist, loss, ids
+    """
+    prototxt, weights = os.path.abspath(prototxt), os.path.abspath(weights)
+    save_dir = os.path.abspath(save_dir) if save_dir else None
+    for path, what in ((prototxt, 'net prototxt'), (weights, 'weights')):
+        if not os.path.isfile(path):
+            raise FileNotFoundError('%s not found: %s' % (what, path))
+    with contextlib.chdir(os.path.dirname(prototxt)):
+        net = caffe.Net(prototxt, weights, caffe.TEST)
+        if layer not in net.blobs or gt not in net.blobs:
+            raise ValueError('%s has no blob %r' % (prototxt, layer if layer not in net.blobs
+                                                    else gt))
+        ids = _choose_ids(_data_layer_ids(net), split_ids, count, split_file)
+        hist, mean_loss = compute_hist(net, save_dir, ids, layer, gt, loss)
+    return hist, mean_loss, ids
+
+
+def score_folders(pred_dir, gt_dir, ids, num_classes):
+    """Confusion matrix of ``<pred_dir>/<id>.png`` against ``<gt_dir>/<id>.png``.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError
+        A missing or unreadable PNG, sizes that differ, or a predicted class
+        outside ``[0, num_classes)``, naming the file.
+    """
+    hist = np.zeros((num_classes, num_classes), np.int64)
+    for idx in progress(ids, total=len(ids), desc='scoring'):
+        pred_path = os.path.join(pred_dir, idx + '.png')
+        gt_path = os.path.join(gt_dir, idx + '.png')
+        pred, truth = read_label_png(pred_path), read_label_png(gt_path)
+        if pred.shape != truth.shape:
+            raise ValueError('%s is %d x %d but its ground truth %s is %d x %d (H x W)'
+                             % (pred_path, *pred.shape, gt_path, *truth.shape))
+        if pred.size and pred.max() >= num_classes:
+            raise ValueError('%s predicts class %d, but there are %d classes'
+                             % (pred_path, pred.max(), num_classes))
+        hist += fast_hist(truth, pred, num_classes)
+    return hist
+
+
+def results(hist, loss=None, names=None, **info):
+    """Everything about a scoring run as a JSON-ready dict (NaN becomes null).
+
+    ``info`` (paths, image count) comes first, then the loss, the four metrics, the
+    class names with their IU and accuracy, and the confusion matrix.
+    """
+    m = seg_metrics(hist)
+
+    def num(x):
+        return float(x) if x is not None and np.isfinite(x) else None
+    out = dict(info)
+    out.update(loss=num(loss), overall_acc=num(m['overall_acc']), mean_acc=num(m['mean_acc']),
+               mean_iu=num(m['mean_iu']), fwavacc=num(m['fwavacc']),
+               classes=class_names(names, len(hist)),
+               iu=[num(x) for x in m['iu']], acc=[num(x) for x in m['acc']],
+               hist=np.asarray(hist).tolist())
+    return out
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter,
+                                     epilog=__doc__.split('\n\n')[1])
+    parser.add_argument('prototxt', nargs='?', help='the TEST net (e.g. val.prototxt)')
+    parser.add_argument('weights', nargs='?', help='.caffemodel or .caffemodel.h5')
+    parser.add_argument('--pred-dir', help='folder of predicted label PNGs (<id>.png)')
+    parser.add_argument('--gt-dir', help='folder of ground truth label PNGs (<id>.png)')
+    parser.add_argument('--split-file', help='image ids, one a line')
+    parser.add_argument('--count', type=int, help='score the first N images')
+    parser.add_argument('--classes', help='a class-name file (one a line), or a count')
+    parser.add_argument('--gpu', type=int, help='GPU id (CPU by default)')
+    parser.add_argument('--save-dir', help='write predictions as <id>.png here')
+    parser.add_argument('--json', help='write every number to this JSON file')
+    parser.add_argument('--layer', default='score', help='score blob (default %(default)s)')
+    parser.add_argument('--gt', default='label', help='label blob (default %(default)s)')
+    parser.add_argument('--loss', default='loss', help='loss blob (default %(default)s)')
+    args = parser.parse_args(argv)
+    folders = args.pred_dir is not None or args.gt_dir is not None
+    if folders:
+        if args.pred_dir is None or args.gt_dir is None or args.classes is None:
+            parser.error('folder scoring needs --pred-dir, --gt-dir and --classes')
+        if args.prototxt is not None or args.count is not None or args.save_dir:
+            parser.error('give either NET_PROTOTXT WEIGHTS or --pred-dir/--gt-dir, not both')
+    elif args.prototxt is None or args.weights is None:
+        parser.error('give NET_PROTOTXT WEIGHTS, or --pred-dir and --gt-dir')
+    if args.count is not None and args.count < 1:
+        parser.error('--count must be positive')
+    return args
+
+
+def _classes(spec):
+    """--classes as (count or None, names or None)."""
+    if spec is None:
+        return None, None
+    if spec.isdigit():
+        return int(spec), None
+    names = read_class_names(spec)
+    return len(names), names
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    try:
+        n, names = _classes(args.classes)
+        split_ids = read_split_list(args.split_file) if args.split_file else None
+        if args.pred_dir is not None:
+            ids = split_ids if split_ids is not None else sorted(
+                f[:-4] for f in os.listdir(args.pred_dir) if f.endswith('.png'))
+            if not ids:
+                raise ValueError('%s holds no .png predictions' % args.pred_dir)
+            hist, loss = score_folders(args.pred_dir, args.gt_dir, ids, n), None
+            info = dict(pred_dir=args.pred_dir, gt_dir=args.gt_dir)
+        else:
+            if args.gpu is not None:
+                caffe.set_device(args.gpu)
+                caffe.set_mode_gpu()
+            hist, loss, ids = score_net(args.prototxt, args.weights, split_ids, args.count,
+                                        args.save_dir, args.layer, args.gt, args.loss,
+                                        args.split_file)
+            if n is not None and n != len(hist):
+                raise ValueError('--classes gives %d classes, blob %r has %d channels'
+                                 % (n, args.layer, len(hist)))
+            info = dict(prototxt=args.prototxt, weights=args.weights)
+    except (OSError, ValueError, CaffeError) as err:
+        sys.exit('score.py: error: %s' % err)
+    out = results(hist, loss, names, images=len(ids), **info)
+    cm = ConfusionMatrix(len(hist), names)
+    cm.hist = hist
+    print('scored %d images' % len(ids))
+    print(cm.report(loss))
+    if args.json:
+        with caffe.io.atomic_path(args.json) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(out, f, indent=1)
+            f.write('\n')
+    return out
+
+
+if __name__ == '__main__':
+    main()

@@ -11,6 +11,7 @@ from .blob import Blob
 from .mode import set_mode_cpu, set_mode_gpu, set_device, set_random_seed
 from .net import Net
 from .python_layer import Layer
+from .solver import SGDSolver, get_solver, DivergedError, TrainingStopped
 
 # Caffe's Phase enum values, as pycaffe exposes them.
 TRAIN = caffe_pb2.TRAIN

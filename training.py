@@ -1,0 +1,193 @@
+"""The staged FCN training loop that every model folder's ``solve.py`` runs.
+
+The reference's solve.py, as library code: build the SGD solver from the folder's
+``solver.prototxt``, start from the previous stage's weights (``copy_from`` by layer
+name), set the upsampling layers to bilinear interpolation, then alternate
+``solver.step(test_every)`` with segmentation tests on the validation split::
+
+    python voc-fcn32s/solve.py --gpu 0
+    python voc-fcn32s/solve.py --gpu 0 --resume snapshot/train_iter_8000.solverstate
+    python solve.py voc-fcn32s --gpu 0              # the same, from the repository root
+
+Everything runs inside the model folder, as the reference's did, so the prototxts'
+relative paths (``../data/...``, ``snapshot/train``) resolve. (This module is not named
+``solve``: running ``python voc-fcn8s/solve.py`` puts that folder first on sys.path, where
+``solve`` is the script itself.)
+"""
+import argparse
+import contextlib
+import glob
+import logging
+import os
+import re
+import sys
+
+import torchcaffe as caffe
+
+import score
+import surgery
+
+log = logging.getLogger('torchcaffe')
+
+
+@contextlib.contextmanager
+def working_dir(path):
+    """Run the body with ``path`` as the current directory."""
+    previous = os.getcwd()
+    os.chdir(path)
+    try:
+        yield
+    finally:
+        os.chdir(previous)
+
+
+def set_device(gpu):
+    """CPU when ``gpu`` is None, else GPU ``gpu`` (as the reference's solve.py did)."""
+    if gpu is None:
+        caffe.set_mode_cpu()
+    else:
+        caffe.set_device(gpu)
+        caffe.set_mode_gpu()
+
+
+def snapshot_dir(solver_file='solver.prototxt'):
+    """Create the folder of the solver's ``snapshot_prefix`` (Caffe does not)."""
+    prefix = caffe.io.read_solver_prototxt(solver_file).snapshot_prefix
+    folder = os.path.dirname(prefix)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    return folder
+
+
+def latest_solverstate(folder):
+    """The solverstate with the highest iteration in ``folder``, or None.
+
+    >>> latest_solverstate('/nonexistent') is None
+    True
+    """
+    found = []
+    for path in glob.glob(os.path.join(folder, '*_iter_*.solverstate*')):
+        m = re.search(r'_iter_(\d+)\.solverstate(\.h5)?$', path)
+        if m:
+            found.append((int(m.group(1)), path))
+    return max(found)[1] if found else None
+
+
+def up_layers(net):
+    """The layers the reference sets to bilinear: those whose name contains 'up'."""
+    return [name for name in net.params if 'up' in name]
+
+
+def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt'):
+    """Build the solver in the current (model) folder and initialise it.
+
+    Parameters
+    ----------
+    weights : str, optional
+        A caffemodel to start from (the previous stage); copied by layer name.
+    resume : str, optional
+        A solverstate to continue from instead ('latest' picks the newest snapshot).
+        Resuming restores weights, momentum history and the iteration exactly.
+
+    Returns
+    -------
+    SGDSolver
+    """
+    folder = snapshot_dir(solver_file)
+    solver = caffe.SGDSolver(solver_file)
+    if resume == 'latest':
+        resume = latest_solverstate(folder or '.')
+        if resume is None:
+            raise FileNotFoundError('--resume latest: no solverstate in %s'
+                                    % os.path.abspath(folder or '.'))
+    if resume:
+        log.info('Resuming from %s', resume)
+        solver.restore(resume)
+        return solver
+    if weights:
+        if not os.path.exists(weights):
+            raise FileNotFoundError('initial weights %s not found (train the previous stage, '
+                                    'or see the README for where to get them)'
+                                    % os.path.abspath(weights))
+        solver.net.copy_from(weights)
+    # The upsampling layers are fixed (lr_mult 0): they must start as bilinear
+    # interpolation, whatever the weights file held.
+    surgery.interp(solver.net, up_layers(solver.net))
+    return solver
+
+
+def val_ids(solver):
+    """Image ids of the first test net's data layer split, in the order it reads them."""
+    for layer in solver.test_nets[0].layers:
+        indices = getattr(layer, 'indices', None)
+        if indices is not None:
+            return list(indices)
+    raise ValueError('the test net has no Python data layer with a split list')
+
+
+def train(solver, max_iter, test_every, val, save_format=False, names=None):
+    """Alternate ``solver.step(test_every)`` and segmentation tests up to ``max_iter``.
+
+    Returns
+    -------
+    list of (iteration, metrics dict) : one per test, metrics from ``score.seg_metrics``.
+    """
+    results = []
+    while solver.iter < max_iter:
+        solver.step(min(test_every, max_iter - solver.iter))
+        solver.test_nets[0].share_with(solver.net)
+        hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
+                                  names=names)
+        results.append((solver.iter, score.seg_metrics(hist)))
+    if not solver.param.snapshot or solver.iter % solver.param.snapshot:
+        solver.snapshot()
+    return results
+
+
+def parse_args(argv, description):
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument('--gpu', type=int, default=None,
+                        help='GPU id (default: CPU)')
+    parser.add_argument('--weights', default=None,
+                        help='initial weights (default: the previous stage, as the reference)')
+    parser.add_argument('--resume', default=None,
+                        help="a .solverstate to continue from, or 'latest'")
+    parser.add_argument('--test-every', type=int, default=4000,
+                        help='iterations between seg tests on the validation split')
+    parser.add_argument('--max-iter', type=int, default=None,
+                        help="stop here (default: the solver's max_iter)")
+    return parser.parse_args(argv)
+
+
+def main(model_dir, default_weights, argv=None):
+    """Command line of a model folder's solve.py: train that stage.
+
+    Parameters
+    ----------
+    model_dir : str
+        The model folder (holds solver.prototxt).
+    default_weights : str or None
+        Weights to start from, relative to the model folder.
+    """
+    args = parse_args(argv, 'Train the FCN model in %s.' % os.path.basename(model_dir))
+    try:
+        return _run(model_dir, default_weights, args)
+    except (caffe.CaffeError, OSError) as err:
+        # One clear line, not a traceback: these are problems with files and data.
+        print('%s: error: %s' % (os.path.basename(model_dir), err), file=sys.stderr)
+        return 1
+
+
+def _run(model_dir, default_weights, args):
+    set_device(args.gpu)
+    with working_dir(model_dir):
+        weights = args.weights if args.weights is not None else default_weights
+        solver = prepare_solver(weights=None if args.resume else weights, resume=args.resume)
+        max_iter = args.max_iter or solver.param.max_iter
+        try:
+            train(solver, max_iter, args.test_every, val_ids(solver))
+        except caffe.TrainingStopped as stop:
+            log.info('Stopped at iteration %d; resume with --resume %s',
+                     stop.iteration, stop.snapshot)
+            return 130
+    return 0

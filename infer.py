@@ -40,6 +40,7 @@ import torchcaffe as caffe
 from torchcaffe.errors import CaffeError, ShapeError
 from torchcaffe.io import atomic_path
 from torchcaffe.progress import progress
+import score
 from vis import VOID_LABEL, label_image, make_palette, vis_seg
 from voc_layers import MEAN_BGR, DataFileNotFoundError, DataLayerError, preprocess, read_rgb
 
@@ -185,13 +186,7 @@ def _check_unique_outputs(images, out_dir):
 def read_classes(path):
     """Class names, one a line, up to the first blank line (``data/pascal/classes.txt``)."""
     _require_file(path, 'class list')
-    names = []
-    with open(path, encoding='utf-8') as f:
-        for line in f:
-            if not line.strip():
-                break
-            names.append(line.strip())
-    return names
+    return score.read_class_names(path)
 
 
 def _save(image, path, **options):

@@ -40,8 +40,10 @@ import torchcaffe as caffe
 from torchcaffe.errors import CaffeError
 from torchcaffe.progress import progress
 
+import vis
+
 __all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'compute_hist', 'seg_tests',
-           'do_seg_tests', 'read_class_names', 'read_label_png', 'label_palette',
+           'do_seg_tests', 'read_class_names', 'read_label_png',
            'score_net', 'score_folders', 'main']
 
 
@@ -179,33 +181,12 @@ def _fixed(x):
 
 # ------------------------------------------------------------------------ scoring a net
 
-def label_palette():
-    """PASCAL VOC's colour map as a flat list of 768 values (class i -> RGB).
-
-    Bits 0, 1, 2 of the index go to bit 7 of R, G, B, bits 3, 4, 5 to bit 6, and so on.
-
-    >>> label_palette()[3:6], label_palette()[255 * 3:]
-    ([128, 0, 0], [224, 224, 192])
-    """
-    palette = []
-    for index in range(256):
-        rgb = [0, 0, 0]
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((index >> (3 * bit + channel)) & 1) << (7 - bit)
-        palette.extend(rgb)
-    return palette
-
-
 def save_label_png(labels, path):
     """Write H x W class indices (< 256) as a palette PNG whose pixel values are them."""
     if labels.size and labels.max() > 255:
         raise ValueError('%s: class %d does not fit a PNG of 8-bit indices'
                          % (path, labels.max()))
-    labels = np.ascontiguousarray(labels, dtype=np.uint8)
-    im = Image.frombytes('P', (labels.shape[1], labels.shape[0]), labels.tobytes())
-    im.putpalette(label_palette())
-    im.save(path)
+    vis.label_image(labels).save(path)
 
 
 def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):

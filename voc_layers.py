@@ -559,6 +559,24 @@ class _SegDataLayer(caffe.Layer):
     def backward(self, top, propagate_down, bottom):
         """Data layers pass no gradient."""
 
+    def state_dict(self):
+        """Where the layer is in its sequence (JSON-able), for an exact resume."""
+        state = {'idx': self.idx}
+        if self.random:
+            version, internal, gauss = self._rng.getstate()
+            state['rng'] = [version, list(internal), gauss]
+        return state
+
+    def load_state_dict(self, state):
+        """Continue the sequence from a :meth:`state_dict`."""
+        if not 0 <= state['idx'] < len(self.indices):
+            raise DataLayerError('saved position %r is outside the split of %d images'
+                                 % (state['idx'], len(self.indices)))
+        self.idx = state['idx']
+        if self.random and 'rng' in state:
+            version, internal, gauss = state['rng']
+            self._rng.setstate((version, tuple(internal), gauss))
+
     def close(self):
         """Stop the prefetch thread (also done when the layer is collected)."""
         finalizer = self.__dict__.pop('_finalizer', None)

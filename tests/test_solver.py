@@ -399,7 +399,7 @@ def test_snapshot_names_and_contents(layers, tmp_path, caplog, fmt, model_ext, s
     solver.step(2)
     model, state_file = prefix + '_iter_2' + model_ext, prefix + '_iter_2' + state_ext
     assert sorted(os.listdir(tmp_path / 'snap')) == sorted(
-        os.path.basename(p) for p in (model, state_file))
+        os.path.basename(p) for p in (model, state_file, state_file + '.resume.json'))
     kind = 'HDF5 file' if fmt == 'HDF5' else 'binary proto file'
     messages = [r.getMessage() for r in caplog.records]
     assert messages.index('Snapshotting to %s %s' % (kind, model)) + 1 == \
@@ -492,7 +492,8 @@ def test_solve_snapshots_at_the_end_and_logs_the_final_loss(layers, tmp_path, ca
     solver.solve()
     assert solver.iter == 5
     assert sorted(os.listdir(tmp_path)) == ['s_iter_%d.%s' % (i, ext) for i in (2, 4, 5)
-                                            for ext in ('caffemodel', 'solverstate')]
+                                            for ext in ('caffemodel', 'solverstate',
+                                                        'solverstate.resume.json')]
     messages = [r.getMessage() for r in caplog.records]
     assert messages[-1] == 'Optimization Done.'
     assert re.fullmatch(r'Iteration 5, loss = [0-9.e+-]+', messages[-2])
@@ -531,7 +532,8 @@ def test_sigint_snapshots_and_stops_step(layers, tmp_path):
         solver.step(6)
     assert isinstance(err.value, KeyboardInterrupt)
     assert solver.iter == 3 and err.value.iteration == 3 and solver.requested_early_exit
-    assert sorted(os.listdir(tmp_path)) == ['s_iter_3.caffemodel', 's_iter_3.solverstate']
+    assert sorted(os.listdir(tmp_path)) == ['s_iter_3.caffemodel', 's_iter_3.solverstate',
+                                            's_iter_3.solverstate.resume.json']
     assert signal.getsignal(signal.SIGINT) is handler
 
 
@@ -555,7 +557,8 @@ def test_sighup_snapshots_and_training_goes_on(layers, tmp_path):
     handler = signal.getsignal(signal.SIGHUP)
     solver.step(4)
     assert solver.iter == 4 and not solver.requested_early_exit
-    assert sorted(os.listdir(tmp_path)) == ['s_iter_2.caffemodel', 's_iter_2.solverstate']
+    assert sorted(os.listdir(tmp_path)) == ['s_iter_2.caffemodel', 's_iter_2.solverstate',
+                                            's_iter_2.solverstate.resume.json']
     assert signal.getsignal(signal.SIGHUP) is handler
 
 

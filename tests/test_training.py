@@ -28,6 +28,7 @@ max_iter: 4
 snapshot: 2
 snapshot_prefix: "snapshot/train"
 test_initialization: false
+random_seed: 5
 '''
 
 
@@ -37,8 +38,6 @@ def model_dir(tmp_path):
     gen = tmp_path / 'gen'
     make_demo_data.make_demo_data(out=str(gen), num_train=3, num_val=2, seed=1)
     (tmp_path / 'data' / 'pascal').mkdir(parents=True)
-    os.symlink(gen / 'sbdd', tmp_path / 'data' / 'sbdd')
-    os.rename(tmp_path / 'data' / 'sbdd', tmp_path / 'data' / 'sbdd-link')
     (tmp_path / 'data' / 'sbdd').mkdir()
     os.symlink(gen / 'sbdd', tmp_path / 'data' / 'sbdd' / 'dataset')
     os.symlink(gen / 'VOC', tmp_path / 'data' / 'pascal' / 'VOC2011')
@@ -49,26 +48,62 @@ def model_dir(tmp_path):
     return model
 
 
-def test_training_snapshots_scores_and_resumes(model_dir, capsys):
-    assert training.main(str(model_dir), None, ['--test-every', '2', '--max-iter', '2']) == 0
-    out = capsys.readouterr().out
-    assert 'Iteration 2 mean IU' in out
+def random_weights(model_dir):
+    """A caffemodel of small random weights for the model's train net."""
+    import torchcaffe as caffe
+    with training.working_dir(str(model_dir)):
+        net = caffe.Net('train.prototxt', caffe.TRAIN)
+    rng = np.random.default_rng(0)
+    for blobs in net.params.values():
+        for b in blobs:
+            b.data[...] = rng.normal(0, 0.05, b.shape)
+    path = str(model_dir / 'init.caffemodel')
+    net.save(path)
+    return path
+
+
+def snapshot_weights(model_dir, iteration):
+    net = io.read_caffemodel(str(model_dir / 'snapshot' / ('train_iter_%d.caffemodel'
+                                                            % iteration)))
+    return {(l.name, j): io.blobproto_to_array(b) for l in net.layer
+            for j, b in enumerate(l.blobs)}
+
+
+def test_resuming_continues_exactly_as_an_uninterrupted_run(model_dir, capsys):
+    """Weights, momentum, data order (random on 'train') and Dropout masks all carry on."""
+    init = random_weights(model_dir)
+    assert training.main(str(model_dir), init, ['--test-every', '2', '--max-iter', '2']) == 0
+    assert 'Iteration 2 mean IU' in capsys.readouterr().out
     snap = model_dir / 'snapshot'
-    assert (snap / 'train_iter_2.solverstate').exists()
-    at2 = io.read_caffemodel(str(snap / 'train_iter_2.caffemodel'))
-    # Continue to 4 from the newest snapshot: the solver's own exactness across restore
-    # is pinned in test_solver.py; here the loop picks the snapshot up and goes on.
+    assert (snap / 'train_iter_2.solverstate.resume.json').exists()
     assert training.main(str(model_dir), None,
                          ['--test-every', '2', '--max-iter', '4', '--resume', 'latest']) == 0
     assert 'Iteration 4 mean IU' in capsys.readouterr().out
-    assert io.read_solverstate(str(snap / 'train_iter_4.solverstate')).iter == 4
-    at4 = {l.name: l.blobs for l in io.read_caffemodel(str(snap / 'train_iter_4.caffemodel')).layer}
-    before = {l.name: l.blobs for l in at2.layer}
-    # The nets start at Caffe's default constant 0, so only score_fr's bias learns here.
-    assert not np.array_equal(io.blobproto_to_array(before['score_fr'][1]),
-                              io.blobproto_to_array(at4['score_fr'][1]))
-    assert np.array_equal(io.blobproto_to_array(before['upscore'][0]),
-                          io.blobproto_to_array(at4['upscore'][0]))
+    resumed = snapshot_weights(model_dir, 4)
+    for f in snap.iterdir():
+        f.unlink()
+    assert training.main(str(model_dir), init, ['--test-every', '4', '--max-iter', '4']) == 0
+    straight = snapshot_weights(model_dir, 4)
+    assert resumed.keys() == straight.keys()
+    for key in straight:
+        assert np.array_equal(resumed[key], straight[key]), key
+    start = io.read_caffemodel(init)
+    moved = [l.name for l in start.layer if l.blobs and not np.array_equal(
+        io.blobproto_to_array(l.blobs[0]), straight[(l.name, 0)])]
+    assert 'conv1_1' in moved and 'fc6' in moved
+    # upscore (lr_mult 0) was set bilinear when training started, and stayed so.
+    from surgery import upsample_filt
+    up = straight[('upscore', 0)]
+    assert np.array_equal(up[2, 2], upsample_filt(64)) and not up[2, 1].any()
+
+
+def test_resuming_without_the_sidecar_still_trains_but_warns(model_dir, caplog):
+    assert training.main(str(model_dir), None, ['--test-every', '2', '--max-iter', '2']) == 0
+    (model_dir / 'snapshot' / 'train_iter_2.solverstate.resume.json').unlink()
+    assert training.main(str(model_dir), None,
+                         ['--test-every', '2', '--max-iter', '4', '--resume', 'latest']) == 0
+    assert 'restart their random streams' in caplog.text
+    assert io.read_solverstate(str(model_dir / 'snapshot' / 'train_iter_4.solverstate')).iter == 4
 
 
 def test_upsampling_layers_start_bilinear(model_dir):
@@ -116,3 +151,15 @@ def test_every_voc_model_folder_has_a_solve_script_starting_from_the_previous_st
     for folder, weights in expected.items():
         script = runpy.run_path(os.path.join(ROOT, folder, 'solve.py'), run_name='not_main')
         assert script['WEIGHTS'] == weights
+
+
+def test_generator_states_round_trip_through_json():
+    import json
+    import torch
+    from torchcaffe import mode
+    gen = mode.generator('cpu')
+    saved = json.loads(json.dumps(mode.random_state()))
+    first = torch.rand(5, generator=gen)
+    torch.rand(7, generator=gen)
+    mode.set_random_state(saved)
+    assert torch.equal(torch.rand(5, generator=gen), first)

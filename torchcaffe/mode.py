@@ -6,6 +6,7 @@ forward. ``set_random_seed`` seeds what Caffe's global RNG would drive: weight f
 (on a CPU generator, so initial weights do not depend on the device) and Dropout's
 masks (one generator per device).
 """
+import base64
 import zlib
 
 import torch
@@ -13,7 +14,7 @@ import torch
 from .errors import CaffeError
 
 __all__ = ['set_mode_cpu', 'set_mode_gpu', 'set_device', 'set_random_seed', 'device',
-           'version', 'filler_generator', 'generator']
+           'version', 'filler_generator', 'generator', 'random_state', 'set_random_state']
 
 # The seed used until set_random_seed is called, so that nets start reproducibly.
 DEFAULT_SEED = 1701
@@ -110,3 +111,19 @@ def _generator(key, dev):
         gen.manual_seed(_seed_for(key))
         _generators[key] = gen
     return gen
+
+
+def random_state():
+    """The state of every generator made so far, as JSON-able text (base64 per generator)."""
+    return {key: base64.b64encode(gen.get_state().numpy().tobytes()).decode('ascii')
+            for key, gen in _generators.items()}
+
+
+def set_random_state(state):
+    """Restore generators from :func:`random_state`'s output (creating them as needed)."""
+    for key, text in state.items():
+        dev = 'cpu' if key == 'fill' else torch.device(key)
+        if dev != 'cpu' and dev.type == 'cuda' and not torch.cuda.is_available():
+            continue  # saved on a GPU, resumed without one: that stream is not used here
+        raw = bytearray(base64.b64decode(text))
+        _generator(key, dev).set_state(torch.frombuffer(raw, dtype=torch.uint8).clone())

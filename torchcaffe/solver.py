@@ -56,6 +56,7 @@ import torch
 
 from . import io
 from . import mode
+from . import resume_state
 from .errors import CaffeError
 from .glog import install_default_handler
 from .lr_policies import learning_rate
@@ -679,6 +680,7 @@ class SGDSolver:
         else:
             log.info('Snapshotting solver state to binary proto file %s', path)
         io.write_solverstate(state, path)
+        resume_state.write(path, self.iter, self.net)
         self._last_snapshot_iter = self.iter
         return model, path
 
@@ -688,6 +690,8 @@ class SGDSolver:
         Sets ``iter``, ``current_step`` and the history, and copies the weights of the
         state's ``learned_net`` (a path as stored, resolved from the current
         directory, as Caffe resolves it). Nothing changes if the state does not fit.
+        The random streams (Dropout, data layers) come back from the state's
+        ``.resume.json`` sidecar when there is one (see ``torchcaffe.resume_state``).
 
         Raises
         ------
@@ -725,6 +729,7 @@ class SGDSolver:
         self.iter = state.iter
         self.current_step = state.current_step
         self._iterations_last = self.iter
+        resume_state.load(state_file, self.iter, self.net)
 
     def _param_names(self):
         """'layer <name> blob <j>' for each learnable param (its owner's)."""

@@ -5,6 +5,8 @@
         --classes data/pascal/classes.txt --json fcn32s.json [--save-dir preds] [--gpu 0]
     # first N images only, or a split list for nets whose data layer has none
     python score.py NET.prototxt WEIGHTS --count 50
+    # one head of a two-headed net; means over the classes present in the ground truth
+    python score.py siftflow-fcn16s/test.prototxt W --layer score_sem --gt sem --present-only
     # a folder of predicted label PNGs against a folder of ground truth PNGs
     python score.py --pred-dir preds --gt-dir data/pascal/VOC2011/SegmentationClass \\
         --split-file data/pascal/seg11valid.txt --classes 21
@@ -23,8 +25,15 @@ mean IU, fwavacc, then the IU of each class.
 Metrics (the FCN paper's) come from a confusion matrix ``hist`` whose row ``i``,
 column ``j`` counts pixels of ground-truth class ``i`` predicted as ``j``; pixels
 labelled outside ``[0, n)`` (the 255 void label) are not counted.
+
+Nets with several outputs (SIFT Flow's semantic and geometric heads) are scored
+in one pass over the images, one :class:`Head` each::
+
+    score.do_head_tests(net, it, False, ids, [score.Head('score_sem', 'sem', 'loss'),
+                                              score.Head('score_geo', 'geo', 'loss_geo')])
 """
 import argparse
+import collections
 import contextlib
 import json
 import math
@@ -42,9 +51,9 @@ from torchcaffe.progress import progress
 
 import vis
 
-__all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'compute_hist', 'seg_tests',
-           'do_seg_tests', 'read_class_names', 'read_label_png',
-           'score_net', 'score_folders', 'main']
+__all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'Head', 'compute_hist',
+           'compute_hists', 'seg_tests', 'do_seg_tests', 'do_head_tests', 'read_class_names',
+           'read_label_png', 'score_net', 'score_folders', 'main']
 
 
 # ------------------------------------------------------------------------ metrics
@@ -66,13 +75,27 @@ def fast_hist(a, b, n):
                        minlength=n * n).reshape(n, n)
 
 
-def seg_metrics(hist):
+def seg_metrics(hist, present_only=False):
     """The FCN paper's metrics from a confusion matrix.
 
     Returns a dict with ``overall_acc`` (pixel accuracy), ``mean_acc``, ``mean_iu``,
     ``fwavacc`` (frequency-weighted IU), ``iu`` and ``acc`` (per class). Classes that
     never occur in the ground truth and are never predicted have an undefined IU (NaN)
     and are left out of the means, as numpy's nanmean in the reference does.
+
+    A class absent from the ground truth but predicted somewhere gets IU 0 there,
+    which pulls the mean IU down (its accuracy, 0 / 0, is NaN and left out).
+    ``present_only=True`` gives such classes an undefined IU as well, so both means
+    run over the classes with ground-truth pixels only: the FCN paper's SIFT Flow
+    evaluation (three of its classes never occur in the test split), where the
+    reference's score.py counted them at 0. The wrong predictions still count
+    against the true class's IU and in the pixel accuracy.
+
+    Examples
+    --------
+    >>> hist = [[3, 1], [0, 0]]      # class 1: never in the ground truth, predicted once
+    >>> float(seg_metrics(hist)['mean_iu']), float(seg_metrics(hist, True)['mean_iu'])
+    (0.375, 0.75)
     """
     hist = np.asarray(hist, dtype=np.float64)
     gt = hist.sum(1)
@@ -81,6 +104,8 @@ def seg_metrics(hist):
     with np.errstate(divide='ignore', invalid='ignore'):
         acc = tp / gt
         iu = tp / (gt + pred - tp)
+        if present_only:
+            iu = np.where(gt > 0, iu, np.nan)
         overall = tp.sum() / hist.sum()
         freq = gt / hist.sum()
     with warnings.catch_warnings():
@@ -105,6 +130,8 @@ class ConfusionMatrix:
     num_classes : int
     names : list of str, optional
         Class names for the table; ``class 0``, ``class 1``, ... by default.
+    present_only : bool
+        Average over the classes present in the ground truth (see :func:`seg_metrics`).
 
     Examples
     --------
@@ -116,9 +143,10 @@ class ConfusionMatrix:
     0.5
     """
 
-    def __init__(self, num_classes, names=None):
+    def __init__(self, num_classes, names=None, present_only=False):
         self.num_classes = int(num_classes)
         self.names = class_names(names, self.num_classes)
+        self.present_only = bool(present_only)
         self.hist = np.zeros((self.num_classes, self.num_classes), np.int64)
 
     def update(self, gt, pred):
@@ -128,7 +156,7 @@ class ConfusionMatrix:
 
     def compute(self):
         """The metrics of :func:`seg_metrics`."""
-        return seg_metrics(self.hist)
+        return seg_metrics(self.hist, self.present_only)
 
     def report(self, loss=None):
         """The metrics (with ``loss`` first, when given), then a per-class table."""
@@ -189,6 +217,22 @@ def save_label_png(labels, path):
     vis.label_image(labels).save(path)
 
 
+class Head(collections.namedtuple('Head', 'layer gt loss names present_only')):
+    """One output of a net to score: blob names and how to report it.
+
+    ``layer`` (scores), ``gt`` (labels) and ``loss`` (None: no loss) are blob names;
+    ``names`` the class names (None: ``class 0`` ...); ``present_only`` averages over
+    the classes in the ground truth only (:func:`seg_metrics`).
+
+    >>> Head('score_geo', 'geo', 'loss_geo')
+    Head(layer='score_geo', gt='geo', loss='loss_geo', names=None, present_only=False)
+    """
+    __slots__ = ()
+
+
+Head.__new__.__defaults__ = ('score', 'label', 'loss', None, False)
+
+
 def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
     """Forward the net once per item of ``dataset``; accumulate the confusion matrix.
 
@@ -214,25 +258,44 @@ def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss')
     loss : float
         The mean over images of the loss blob.
     """
-    n_cl = net.blobs[layer].channels
+    return compute_hists(net, save_dir, dataset, [Head(layer, gt, loss)])[0]
+
+
+def compute_hists(net, save_dir, dataset, heads):
+    """:func:`compute_hist` for several heads at once: one forward per image.
+
+    With more than one head, predictions are saved in ``<save_dir>/<layer>/``.
+
+    Returns
+    -------
+    list of (hist, loss) : one per head, in order.
+    """
+    heads = [Head(*h) for h in heads]
+    sizes = [net.blobs[h.layer].channels for h in heads]
+    hists = [np.zeros((n, n), np.int64) for n in sizes]
+    totals = [0.0 if h.loss and h.loss in net.blobs else math.nan for h in heads]
+    dirs = [None] * len(heads)
     if save_dir:
-        os.makedirs(save_dir, exist_ok=True)
-    hist = np.zeros((n_cl, n_cl), np.int64)
-    total = 0.0 if loss and loss in net.blobs else math.nan
+        dirs = [save_dir if len(heads) == 1 else os.path.join(save_dir, h.layer)
+                for h in heads]
+        for folder in dirs:
+            os.makedirs(folder, exist_ok=True)
     recording = net.autograd
     net.autograd = False
     try:
         for idx in progress(dataset, total=len(dataset), desc='scoring'):
             net.forward()
-            pred = net.blobs[layer].data[0].argmax(0)
-            hist += fast_hist(net.blobs[gt].data[0, 0], pred, n_cl)
-            if save_dir:
-                save_label_png(pred, os.path.join(save_dir, str(idx) + '.png'))
-            if not math.isnan(total):
-                total += float(net.blobs[loss].data.flat[0])
+            for k, head in enumerate(heads):
+                pred = net.blobs[head.layer].data[0].argmax(0)
+                hists[k] += fast_hist(net.blobs[head.gt].data[0, 0], pred, sizes[k])
+                if dirs[k]:
+                    save_label_png(pred, os.path.join(dirs[k], str(idx) + '.png'))
+                if not math.isnan(totals[k]):
+                    totals[k] += float(net.blobs[head.loss].data.flat[0])
     finally:
         net.autograd = recording
-    return hist, total / max(len(dataset), 1)
+    count = max(len(dataset), 1)
+    return [(hist, total / count) for hist, total in zip(hists, totals)]
 
 
 def seg_tests(solver, save_format, dataset, layer='score', gt='label'):
@@ -246,7 +309,7 @@ def seg_tests(solver, save_format, dataset, layer='score', gt='label'):
 
 
 def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', loss='loss',
-                 names=None):
+                 names=None, present_only=False):
     """Score ``net`` on ``dataset`` and print the reference's lines for iteration ``iter``.
 
     Parameters
@@ -256,21 +319,43 @@ def do_seg_tests(net, iter, save_format, dataset, layer='score', gt='label', los
         saved there. False saves nothing.
     names : list of str, optional
         Class names for the per-class IU lines.
+    present_only : bool
+        Means over the classes in the ground truth only (:func:`seg_metrics`).
 
     Returns
     -------
     hist : (n, n) int64 array
-        Its metrics: ``seg_metrics(hist)``.
+        Its metrics: ``seg_metrics(hist, present_only)``.
     """
+    head = Head(layer, gt, loss, names, present_only)
+    return do_head_tests(net, iter, save_format, dataset, [head])[0]
+
+
+def do_head_tests(net, iter, save_format, dataset, heads):
+    """Score every :class:`Head` of ``net`` in one pass and print each one's lines.
+
+    With several heads, each block of the reference's lines is preceded by one
+    naming the head's blobs.
+
+    Returns
+    -------
+    list of (n, n) int64 arrays : one confusion matrix per head.
+    """
+    heads = [Head(*h) for h in heads]
     save_dir = save_format.format(iter) if save_format else None
-    hist, mean_loss = compute_hist(net, save_dir, dataset, layer, gt, loss)
-    m = seg_metrics(hist)
-    for line in metric_lines(m, mean_loss):
-        print('>>>', datetime.now(), 'Iteration', iter, line)
-    print('>>>', datetime.now(), 'Iteration', iter, 'per-class IU')
-    for line in iu_table(m, class_names(names, len(hist))):
-        print(line)
-    return hist
+    scored = compute_hists(net, save_dir, dataset, heads)
+    for head, (hist, mean_loss) in zip(heads, scored):
+        m = seg_metrics(hist, head.present_only)
+        if len(heads) > 1:
+            print('>>>', datetime.now(), 'Iteration', iter, 'head %s (labels %s%s)'
+                  % (head.layer, head.gt, ', means over classes present in the ground truth'
+                     if head.present_only else ''))
+        for line in metric_lines(m, mean_loss):
+            print('>>>', datetime.now(), 'Iteration', iter, line)
+        print('>>>', datetime.now(), 'Iteration', iter, 'per-class IU')
+        for line in iu_table(m, class_names(head.names, len(hist))):
+            print(line)
+    return [hist for hist, _ in scored]
 
 
 # ------------------------------------------------------------------------ files
@@ -391,19 +476,21 @@ def score_folders(pred_dir, gt_dir, ids, num_classes):
     return hist
 
 
-def results(hist, loss=None, names=None, **info):
+def results(hist, loss=None, names=None, present_only=False, **info):
     """Everything about a scoring run as a JSON-ready dict (NaN becomes null).
 
-    ``info`` (paths, image count) comes first, then the loss, the four metrics, the
-    class names with their IU and accuracy, and the confusion matrix.
+    ``info`` (paths, image count) comes first, then the loss, the four metrics (and
+    ``present_only``, how the means were taken), the class names with their IU and
+    accuracy, and the confusion matrix.
     """
-    m = seg_metrics(hist)
+    m = seg_metrics(hist, present_only)
 
     def num(x):
         return float(x) if x is not None and np.isfinite(x) else None
     out = dict(info)
     out.update(loss=num(loss), overall_acc=num(m['overall_acc']), mean_acc=num(m['mean_acc']),
                mean_iu=num(m['mean_iu']), fwavacc=num(m['fwavacc']),
+               present_only=bool(present_only),
                classes=class_names(names, len(hist)),
                iu=[num(x) for x in m['iu']], acc=[num(x) for x in m['acc']],
                hist=np.asarray(hist).tolist())
@@ -427,6 +514,9 @@ def parse_args(argv=None):
     parser.add_argument('--layer', default='score', help='score blob (default %(default)s)')
     parser.add_argument('--gt', default='label', help='label blob (default %(default)s)')
     parser.add_argument('--loss', default='loss', help='loss blob (default %(default)s)')
+    parser.add_argument('--present-only', action='store_true',
+                        help='mean accuracy and mean IU over the classes present in the '
+                             'ground truth only (the FCN paper\'s SIFT Flow evaluation)')
     args = parser.parse_args(argv)
     folders = args.pred_dir is not None or args.gt_dir is not None
     if folders:
@@ -476,8 +566,8 @@ def main(argv=None):
             info = dict(prototxt=args.prototxt, weights=args.weights)
     except (OSError, ValueError, CaffeError) as err:
         sys.exit('score.py: error: %s' % err)
-    out = results(hist, loss, names, images=len(ids), **info)
-    cm = ConfusionMatrix(len(hist), names)
+    out = results(hist, loss, names, args.present_only, images=len(ids), **info)
+    cm = ConfusionMatrix(len(hist), names, args.present_only)
     cm.hist = hist
     print('scored %d images' % len(ids))
     print(cm.report(loss))

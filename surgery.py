@@ -4,11 +4,14 @@
     python surgery.py vgg16-fcn --weights ilsvrc-nets/VGG_ILSVRC_16_layers.caffemodel
     python surgery.py vgg16-fcn --weights W --out ilsvrc-nets/vgg16-fcn.caffemodel \\
         --classifier ilsvrc-nets/vgg16-deploy.prototxt --fcn voc-fcn32s/deploy.prototxt
+    # FCN-AlexNet's, from the ILSVRC CaffeNet classifier
+    python surgery.py alexnet-fcn --weights ilsvrc-nets/bvlc_reference_caffenet.caffemodel
 
-The result holds every layer of the FCN prototxt: VGG16's convolutions, fc6 and fc7
-as convolutions, score_fr at zero and upscore bilinear, for that prototxt's class
-count (21 for voc-fcn32s). Nets with another class count need it made from their
-own deploy prototxt (``--fcn``), or ``copy_from`` fails on score_fr's shape.
+The result holds every layer of the FCN prototxt: the classifier's convolutions,
+fc6 and fc7 as convolutions, score_fr at zero and upscore bilinear, for that
+prototxt's class count (21 for voc-fcn32s and voc-fcn-alexnet). Nets with another
+class count need it made from their own deploy prototxt (``--fcn``, e.g.
+pascalcontext-fcn32s/deploy.prototxt), or ``copy_from`` fails on score_fr's shape.
 
 In Python, as the reference's solve.py scripts use it::
 
@@ -41,8 +44,45 @@ VGG16_BYTES = 553432081
 FCN32S_PROTOTXT = os.path.join(HERE, 'voc-fcn32s', 'deploy.prototxt')
 VGG16_FCN_WEIGHTS = os.path.join(HERE, 'ilsvrc-nets', 'vgg16-fcn.caffemodel')
 
+
+class Source(collections.namedtuple(
+        'Source', 'title classifier weights url fingerprint fcn out')):
+    """An ILSVRC classifier the FCNs start from, and where its FCN form goes.
+
+    ``url`` is the download address, or a ``caffemodel-url`` file holding it;
+    ``fingerprint`` identifies the right file (its size or checksum) in the message
+    when it is missing.
+    """
+
+    def download_url(self):
+        """``url`` itself, or the contents of the file it names."""
+        if not self.url.startswith(('http://', 'https://')):
+            try:
+                with open(self.url) as f:
+                    return f.read().strip()
+            except OSError:
+                return '(see the Caffe Model Zoo)'
+        return self.url
+
+
+# One entry per subcommand, named after the file it writes, as the reference names them.
+SOURCES = {
+    'vgg16-fcn': Source('VGG16 ILSVRC', CLASSIFIER_PROTOTXT, VGG16_WEIGHTS, VGG16_URL_FILE,
+                        '%s bytes' % format(VGG16_BYTES, ','), FCN32S_PROTOTXT,
+                        VGG16_FCN_WEIGHTS),
+    'alexnet-fcn': Source(
+        'CaffeNet (BVLC reference AlexNet) ILSVRC',
+        os.path.join(HERE, 'ilsvrc-nets', 'caffenet-deploy.prototxt'),
+        os.path.join(HERE, 'ilsvrc-nets', 'bvlc_reference_caffenet.caffemodel'),
+        'http://dl.caffe.berkeleyvision.org/bvlc_reference_caffenet.caffemodel',
+        'SHA-1 4c8d77deb20ea792f84eb5e6d0a11ca0a8660a46',
+        os.path.join(HERE, 'voc-fcn-alexnet', 'deploy.prototxt'),
+        os.path.join(HERE, 'ilsvrc-nets', 'alexnet-fcn.caffemodel')),
+}
+
 __all__ = ['Action', 'transplant', 'upsample_filt', 'interp', 'expand_score',
-           'vgg16_to_fcn', 'summary_line', 'main']
+           'SavedParams', 'expand_input',
+           'Source', 'SOURCES', 'classifier_to_fcn', 'vgg16_to_fcn', 'summary_line', 'main']
 
 
 # ------------------------------------------------------------------------ transplant
@@ -208,18 +248,74 @@ def expand_score(new_net, new_layer, net, layer):
         new_b.reshape(-1)[:k] = old_b.reshape(-1)
 
 
-# ------------------------------------------------------------------------ VGG16 -> FCN
+# ------------------------------------------------------------------------ saved weights
 
-def _download_hint(weights):
-    try:
-        with open(VGG16_URL_FILE) as f:
-            url = f.read().strip()
-    except OSError:
-        url = '(see the VGG16 entry of the Caffe Model Zoo)'
-    return ('VGG16 ILSVRC weights not found: %s\nDownload VGG_ILSVRC_16_layers.caffemodel '
-            '(%s bytes) from\n  %s\n(the URL of ilsvrc-nets/caffemodel-url), e.g. '
-            '"wget -P ilsvrc-nets %s", or pass --weights PATH.'
-            % (weights, format(VGG16_BYTES, ','), url, url))
+class SavedParams:
+    """The learnable blobs of a ``.caffemodel`` (or ``.h5``) by layer name, without a net.
+
+    Its ``params`` maps each layer with blobs to a list of objects whose ``data`` is
+    the blob's array, which is all :func:`transplant` reads from its source::
+
+        surgery.transplant(solver.net, surgery.SavedParams('color.caffemodel'), 'color')
+
+    so a snapshot moves into another net without building the net it came from
+    (the reference built it from a prototxt, data layer and all).
+
+    Raises
+    ------
+    FileNotFoundError
+        ``path`` does not exist; the message names it.
+    """
+
+    class _Blob:
+        __slots__ = ('data',)
+
+        def __init__(self, data):
+            self.data = data
+
+    def __init__(self, path):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError('weights not found: %s' % os.path.abspath(path))
+        self.path = path
+        self.params = collections.OrderedDict()
+        for layer in caffe.io.read_caffemodel(path).layer:
+            if len(layer.blobs):
+                self.params[layer.name] = [self._Blob(caffe.io.blobproto_to_array(b))
+                                           for b in layer.blobs]
+
+
+def expand_input(new_net, new_layer, net, layer):
+    """Widen a first convolution to more input channels, as nyud-fcn32s-color-d does.
+
+    The weights of ``net``'s ``layer`` (O x C x K x K) fill input channels ``0..C-1``
+    of ``new_net``'s ``new_layer`` (O x C' x K x K, C' > C); each further input
+    channel gets their mean over the C channels (the reference's start for the
+    depth channel of its BGR-D net). The bias is copied. ``net`` may be a
+    :class:`SavedParams`.
+    """
+    old, new = net.params[layer], new_net.params[new_layer]
+    old_w, new_w = old[0].data, new[0].data
+    if (old_w.ndim != 4 or new_w.ndim != 4 or old_w.shape[0] != new_w.shape[0]
+            or old_w.shape[2:] != new_w.shape[2:] or new_w.shape[1] <= old_w.shape[1]):
+        raise ValueError('expand_input: cannot put %r (weights %s) into the first input '
+                         'channels of %r (weights %s): needs the same outputs and kernel and '
+                         'more inputs' % (layer, old_w.shape, new_layer, new_w.shape))
+    c = old_w.shape[1]
+    new_w[:, :c] = old_w
+    new_w[:, c:] = old_w.mean(axis=1, keepdims=True)
+    if len(old) > 1 and len(new) > 1:
+        new[1].data[...] = old[1].data.reshape(new[1].data.shape)
+
+
+# ------------------------------------------------------------------------ classifier -> FCN
+
+def _download_hint(weights, source):
+    url = source.download_url()
+    name = os.path.basename(source.weights)
+    return ('%s weights not found: %s\nDownload %s (%s) from\n  %s\ne.g. "wget -P ilsvrc-nets '
+            '%s", or pass --weights PATH.'
+            % (source.title, weights, name, source.fingerprint, url, url))
 
 
 def _check_loaded(net, weights, classifier_prototxt):
@@ -227,19 +323,27 @@ def _check_loaded(net, weights, classifier_prototxt):
     # the weights file: Net.copy_from, like Caffe's, ignores what it does not find.
     missing = [name for name, blobs in net.params.items() if not np.any(blobs[0].data)]
     if missing:
-        raise ValueError('%s has no weights for layer(s) %s of %s; is it the VGG16 ILSVRC '
-                         'caffemodel?' % (weights, ', '.join(missing), classifier_prototxt))
+        raise ValueError('%s has no weights for layer(s) %s of %s; is it the weights of '
+                         'that classifier?' % (weights, ', '.join(missing), classifier_prototxt))
 
 
-def vgg16_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report=print):
-    """Turn the ILSVRC classifier's weights into an FCN's initial weights.
+def classifier_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report=print,
+                      source=None):
+    """Turn an ILSVRC classifier's weights into an FCN's initial weights.
 
     Loads ``classifier_prototxt`` with ``weights`` (V1 caffemodels are upgraded),
     builds ``fcn_prototxt`` (TEST phase), transplants (conv layers copied, fc6 and
     fc7 coerced to convolutions, fc8 dropped), sets the upsampling layers (names
     containing 'up') to bilinear interpolation and saves every layer of the FCN to
     ``out``, atomically. Layers the classifier lacks (``score_fr``) keep their
-    filler values: zeros in the FCN prototxts.
+    filler values: zeros in the FCN prototxts. Any classifier / FCN pair whose
+    layer names agree works: VGG16 and the VGG16 FCNs, CaffeNet and FCN-AlexNet.
+
+    Parameters
+    ----------
+    source : Source, optional
+        What the classifier is, for the message when ``weights`` is missing
+        (default: the VGG16 entry of ``SOURCES``).
 
     Returns
     -------
@@ -254,7 +358,7 @@ def vgg16_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report=print):
         The weights file lacks weights for some classifier layer.
     """
     if not os.path.isfile(weights):
-        raise FileNotFoundError(_download_hint(weights))
+        raise FileNotFoundError(_download_hint(weights, source or SOURCES['vgg16-fcn']))
     net = caffe.Net(classifier_prototxt, weights, caffe.TEST)
     _check_loaded(net, weights, classifier_prototxt)
     new_net = caffe.Net(fcn_prototxt, caffe.TEST)
@@ -271,8 +375,14 @@ def vgg16_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report=print):
     return dict(actions=actions, interpolated=interpolated, untouched=untouched)
 
 
+def vgg16_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report=print):
+    """:func:`classifier_to_fcn` for the VGG16 classifier (the reference's FCN-32s start)."""
+    return classifier_to_fcn(classifier_prototxt, weights, fcn_prototxt, out, report,
+                             SOURCES['vgg16-fcn'])
+
+
 def summary_line(out, result):
-    """One line saying what :func:`vgg16_to_fcn` wrote."""
+    """One line saying what :func:`classifier_to_fcn` wrote."""
     counts = collections.Counter(a.kind for a in result['actions'])
     coerced = sorted({a.layer for a in result['actions'] if a.kind == 'coercing'})
     dropped = sorted({a.layer for a in result['actions'] if a.kind == 'dropping'})
@@ -294,22 +404,24 @@ def parse_args(argv=None):
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog=__doc__.split('\n\n')[1])
     commands = parser.add_subparsers(dest='command', required=True)
-    cmd = commands.add_parser('vgg16-fcn', help='VGG16 ILSVRC weights -> FCN-32s initial '
-                              'weights (ilsvrc-nets/vgg16-fcn.caffemodel)')
-    cmd.add_argument('--weights', default=VGG16_WEIGHTS,
-                     help='the VGG16 ILSVRC caffemodel (default %(default)s)')
-    cmd.add_argument('--out', default=VGG16_FCN_WEIGHTS, help='default %(default)s')
-    cmd.add_argument('--classifier', default=CLASSIFIER_PROTOTXT,
-                     help='the classifier deploy prototxt (default %(default)s)')
-    cmd.add_argument('--fcn', default=FCN32S_PROTOTXT,
-                     help='the FCN prototxt to fill (default %(default)s)')
+    for command, source in SOURCES.items():
+        cmd = commands.add_parser(command, help='%s weights -> FCN initial weights (%s)'
+                                  % (source.title, os.path.relpath(source.out, HERE)))
+        cmd.add_argument('--weights', default=source.weights,
+                         help='the classifier caffemodel (default %(default)s)')
+        cmd.add_argument('--out', default=source.out, help='default %(default)s')
+        cmd.add_argument('--classifier', default=source.classifier,
+                         help='the classifier deploy prototxt (default %(default)s)')
+        cmd.add_argument('--fcn', default=source.fcn,
+                         help='the FCN prototxt to fill (default %(default)s)')
     return parser.parse_args(argv)
 
 
 def main(argv=None):
     args = parse_args(argv)
     try:
-        result = vgg16_to_fcn(args.classifier, args.weights, args.fcn, args.out)
+        result = classifier_to_fcn(args.classifier, args.weights, args.fcn, args.out,
+                                   source=SOURCES[args.command])
     except (FileNotFoundError, ValueError, CaffeError) as err:
         sys.exit('surgery.py: error: %s' % err)
     print(summary_line(args.out, result))

@@ -78,7 +78,7 @@ def up_layers(net):
     return [name for name in net.params if 'up' in name]
 
 
-def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt'):
+def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt', init=None):
     """Build the solver in the current (model) folder and initialise it.
 
     Parameters
@@ -88,6 +88,10 @@ def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt'):
     resume : str, optional
         A solverstate to continue from instead ('latest' picks the newest snapshot).
         Resuming restores weights, momentum history and the iteration exactly.
+    init : callable, optional
+        ``init(net, weights)`` starts the train net instead of ``copy_from(weights)``
+        (net surgery: a transplant with suffixes, a widened first layer); it is
+        called even when ``weights`` is None.
 
     Returns
     -------
@@ -109,11 +113,25 @@ def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt'):
             raise FileNotFoundError('initial weights %s not found (train the previous stage, '
                                     'or see the README for where to get them)'
                                     % os.path.abspath(weights))
+    if init is not None:
+        init(solver.net, weights)
+    elif weights:
         solver.net.copy_from(weights)
     # The upsampling layers are fixed (lr_mult 0): they must start as bilinear
     # interpolation, whatever the weights file held.
     surgery.interp(solver.net, up_layers(solver.net))
     return solver
+
+
+def transplant_init(net, weights):
+    """An ``init`` for :func:`prepare_solver`: ``surgery.transplant`` from a weights file.
+
+    Unlike ``copy_from`` it leaves alone, instead of failing on, the layers whose
+    value counts differ: starting the 40-class NYUDv2 nets from
+    ilsvrc-nets/vgg16-fcn.caffemodel (made for 21 classes) keeps their score_fr at
+    its zero filler, and upscore is set bilinear anyway.
+    """
+    surgery.transplant(net, surgery.SavedParams(weights))
 
 
 def val_ids(solver):
@@ -125,26 +143,40 @@ def val_ids(solver):
     raise ValueError('the test net has no Python data layer with a split list')
 
 
-def train(solver, max_iter, test_every, val, save_format=False, names=None):
+def train(solver, max_iter, test_every, val, save_format=False, names=None, heads=None):
     """Alternate ``solver.step(test_every)`` and segmentation tests up to ``max_iter``.
+
+    Parameters
+    ----------
+    heads : list of score.Head, optional
+        The outputs to score, all in one pass over ``val`` (SIFT Flow's semantic and
+        geometric heads). By default the one head ``score`` against ``label`` with
+        class ``names``.
 
     Returns
     -------
-    list of (iteration, metrics dict) : one per test, metrics from ``score.seg_metrics``.
+    list of (iteration, metrics) : one per test; metrics is ``score.seg_metrics``'s
+        dict, or with ``heads`` a dict of them by score blob.
     """
     results = []
     while solver.iter < max_iter:
         solver.step(min(test_every, max_iter - solver.iter))
         solver.test_nets[0].share_with(solver.net)
-        hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
-                                  names=names)
-        results.append((solver.iter, score.seg_metrics(hist)))
+        if heads is None:
+            hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
+                                      names=names)
+            results.append((solver.iter, score.seg_metrics(hist)))
+            continue
+        hists = score.do_head_tests(solver.test_nets[0], solver.iter, save_format, val, heads)
+        results.append((solver.iter, {
+            h.layer: score.seg_metrics(hist, h.present_only)
+            for h, hist in zip([score.Head(*h) for h in heads], hists)}))
     if not solver.param.snapshot or solver.iter % solver.param.snapshot:
         solver.snapshot()
     return results
 
 
-def parse_args(argv, description):
+def parse_args(argv, description, test_every=4000):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--gpu', type=int, default=None,
                         help='GPU id (default: CPU)')
@@ -152,14 +184,16 @@ def parse_args(argv, description):
                         help='initial weights (default: the previous stage, as the reference)')
     parser.add_argument('--resume', default=None,
                         help="a .solverstate to continue from, or 'latest'")
-    parser.add_argument('--test-every', type=int, default=4000,
+    parser.add_argument('--test-every', type=int, default=test_every,
                         help='iterations between seg tests on the validation split')
     parser.add_argument('--max-iter', type=int, default=None,
-                        help="stop here (default: the solver's max_iter)")
+                        help="stop here (default: the reference's schedule, else the "
+                             "solver's max_iter)")
     return parser.parse_args(argv)
 
 
-def main(model_dir, default_weights, argv=None):
+def main(model_dir, default_weights, argv=None, test_every=4000, max_iter=None, heads=None,
+         init=None):
     """Command line of a model folder's solve.py: train that stage.
 
     Parameters
@@ -168,24 +202,35 @@ def main(model_dir, default_weights, argv=None):
         The model folder (holds solver.prototxt).
     default_weights : str or None
         Weights to start from, relative to the model folder.
+    test_every : int
+        Default of ``--test-every``: the reference's ``solver.step`` between
+        seg tests (4000 for VOC, 8000 for PASCAL-Context).
+    max_iter : int, optional
+        Default of ``--max-iter`` (else the solver's max_iter): where the
+        reference's loop stopped (SIFT Flow and NYUDv2: 50 x 2000 iterations,
+        though their solvers say 300000).
+    heads, init :
+        As for :func:`train` and :func:`prepare_solver`.
     """
-    args = parse_args(argv, 'Train the FCN model in %s.' % os.path.basename(model_dir))
+    args = parse_args(argv, 'Train the FCN model in %s.' % os.path.basename(model_dir),
+                      test_every)
     try:
-        return _run(model_dir, default_weights, args)
+        return _run(model_dir, default_weights, args, max_iter, heads, init)
     except (caffe.CaffeError, OSError) as err:
         # One clear line, not a traceback: these are problems with files and data.
         print('%s: error: %s' % (os.path.basename(model_dir), err), file=sys.stderr)
         return 1
 
 
-def _run(model_dir, default_weights, args):
+def _run(model_dir, default_weights, args, max_iter=None, heads=None, init=None):
     set_device(args.gpu)
     with working_dir(model_dir):
         weights = args.weights if args.weights is not None else default_weights
-        solver = prepare_solver(weights=None if args.resume else weights, resume=args.resume)
-        max_iter = args.max_iter or solver.param.max_iter
+        solver = prepare_solver(weights=None if args.resume else weights, resume=args.resume,
+                                init=init)
+        max_iter = args.max_iter or max_iter or solver.param.max_iter
         try:
-            train(solver, max_iter, args.test_every, val_ids(solver))
+            train(solver, max_iter, args.test_every, val_ids(solver), heads=heads)
         except caffe.TrainingStopped as stop:
             log.info('Stopped at iteration %d; resume with --resume %s',
                      stop.iteration, stop.snapshot)

@@ -4,8 +4,12 @@
 - ``nets.fcn``: the FCN score, upsampling and skip layers, and the staged nets
   (FCN-32s, FCN-16s, FCN-8s, FCN-8s at-once).
 - ``nets.voc``: the PASCAL VOC data layers and the train / val / deploy triple.
+- ``nets.siftflow``: SIFT Flow's two-headed (semantic, geometric) nets.
+- ``nets.nyud``: the NYUDv2 nets on color, HHA, color-depth and color-HHA.
+- ``nets.alexnet``: the AlexNet (CaffeNet) trunk, FCN-AlexNet and the ILSVRC CaffeNet.
+- ``nets.pascalcontext``: the PASCAL-Context data layer and its triples.
 - ``nets.write``: writes NetParameters as prototxt files.
 """
-from . import vgg, fcn, voc, write
+from . import vgg, fcn, voc, alexnet, pascalcontext, siftflow, nyud, write
 
-__all__ = ['vgg', 'fcn', 'voc', 'write']
+__all__ = ['vgg', 'fcn', 'voc', 'alexnet', 'pascalcontext', 'siftflow', 'nyud', 'write']

@@ -30,73 +30,87 @@ def score(bottom, classes):
                          param=vgg.LEARNED)
 
 
-def upsample(bottom, classes, factor):
+def upsample(bottom, classes, factor, kernel=None):
     """A fixed (lr_mult 0) Deconvolution upsampling by ``factor``.
 
-    Kernel 2f - f % 2 is the support of bilinear interpolation; the weights are
-    set by net surgery (bilinear filters) after the net is made.
+    Kernel 2f - f % 2 (unless ``kernel`` is given) is the support of bilinear
+    interpolation; the weights are set by net surgery (bilinear filters) after
+    the net is made. ``surgery.upsample_filt`` gives an odd kernel 2f - 1 the same
+    factor f, centred on a pixel instead of between two.
     """
+    if kernel is None:
+        kernel = 2 * factor - factor % 2
     return L.Deconvolution(
         bottom,
-        convolution_param=dict(num_output=classes, kernel_size=2 * factor - factor % 2,
+        convolution_param=dict(num_output=classes, kernel_size=kernel,
                                stride=factor, bias_term=False),
         param=[dict(lr_mult=0)])
 
 
-def skip(n, pool, upscored, classes, scale=None):
+def _add(n, name, top):
+    """Assign ``top`` to ``n`` under ``name`` and return it (names built at run time)."""
+    n[name] = top
+    return n[name]
+
+
+def skip(n, pool, upscored, classes, scale=None, suffix=''):
     """Fuse ``pool`` into the upsampled scores ``upscored``: score, crop, sum.
 
     Adds ``score_<pool>``, ``score_<pool>c`` and ``fuse_<pool>`` (and first
     ``scale_<pool>``, a fixed per-channel Scale filled with ``scale``, when given).
+    ``suffix`` ends each name, before the crop's "c" (``score_pool4_semc`` for
+    SIFT Flow's '_sem' head).
 
     Returns
     -------
-    Top : fuse_<pool>.
+    Top : fuse_<pool><suffix>.
     """
     bottom = getattr(n, pool)
     if scale is not None:
-        setattr(n, 'scale_' + pool,
-                L.Scale(bottom, filler=dict(type='constant', value=scale),
-                        param=[dict(lr_mult=0)]))
-        bottom = getattr(n, 'scale_' + pool)
-    setattr(n, 'score_' + pool, score(bottom, classes))
-    setattr(n, 'score_%sc' % pool, crop(getattr(n, 'score_' + pool), upscored))
-    setattr(n, 'fuse_' + pool,
-            L.Eltwise(upscored, getattr(n, 'score_%sc' % pool), operation=P.Eltwise.SUM))
-    return getattr(n, 'fuse_' + pool)
+        bottom = _add(n, 'scale_' + pool + suffix,
+                      L.Scale(bottom, filler=dict(type='constant', value=scale),
+                              param=[dict(lr_mult=0)]))
+    scored = _add(n, 'score_' + pool + suffix, score(bottom, classes))
+    cropped = _add(n, 'score_%s%sc' % (pool, suffix), crop(scored, upscored))
+    return _add(n, 'fuse_' + pool + suffix,
+                L.Eltwise(upscored, cropped, operation=P.Eltwise.SUM))
 
 
-def fcn32s_head(n, top, classes):
-    """score_fr, upsampled 32x and cropped to the input."""
-    n.score_fr = score(top, classes)
-    n.upscore = upsample(n.score_fr, classes, 32)
-    n.score = crop(n.upscore, n.data)
+def fcn32s_head(n, top, classes, kernel=None, suffix=''):
+    """score_fr, upsampled 32x (by a ``kernel`` x ``kernel`` Deconvolution) and
+    cropped to the input.
+
+    Every head's layer names end in ``suffix`` (SIFT Flow's two heads on one
+    trunk: 'score_fr_sem', 'upscore_sem', 'score_sem', ...)."""
+    fr = _add(n, 'score_fr' + suffix, score(top, classes))
+    up = _add(n, 'upscore' + suffix, upsample(fr, classes, 32, kernel))
+    _add(n, 'score' + suffix, crop(up, n.data))
 
 
-def fcn16s_head(n, top, classes):
+def fcn16s_head(n, top, classes, suffix=''):
     """score_fr upsampled 2x, fused with pool4, upsampled 16x."""
-    n.score_fr = score(top, classes)
-    n.upscore2 = upsample(n.score_fr, classes, 2)
-    fused = skip(n, 'pool4', n.upscore2, classes)
-    n.upscore16 = upsample(fused, classes, 16)
-    n.score = crop(n.upscore16, n.data)
+    fr = _add(n, 'score_fr' + suffix, score(top, classes))
+    up2 = _add(n, 'upscore2' + suffix, upsample(fr, classes, 2))
+    fused = skip(n, 'pool4', up2, classes, suffix=suffix)
+    up16 = _add(n, 'upscore16' + suffix, upsample(fused, classes, 16))
+    _add(n, 'score' + suffix, crop(up16, n.data))
 
 
-def fcn8s_head(n, top, classes, scales=None):
+def fcn8s_head(n, top, classes, scales=None, suffix=''):
     """FCN-16s's fusion, upsampled 2x, fused with pool3, upsampled 8x."""
     scales = scales or {}
-    n.score_fr = score(top, classes)
-    n.upscore2 = upsample(n.score_fr, classes, 2)
-    fused = skip(n, 'pool4', n.upscore2, classes, scales.get('pool4'))
-    n.upscore_pool4 = upsample(fused, classes, 2)
-    fused = skip(n, 'pool3', n.upscore_pool4, classes, scales.get('pool3'))
-    n.upscore8 = upsample(fused, classes, 8)
-    n.score = crop(n.upscore8, n.data)
+    fr = _add(n, 'score_fr' + suffix, score(top, classes))
+    up2 = _add(n, 'upscore2' + suffix, upsample(fr, classes, 2))
+    fused = skip(n, 'pool4', up2, classes, scales.get('pool4'), suffix)
+    up4 = _add(n, 'upscore_pool4' + suffix, upsample(fused, classes, 2))
+    fused = skip(n, 'pool3', up4, classes, scales.get('pool3'), suffix)
+    up8 = _add(n, 'upscore8' + suffix, upsample(fused, classes, 8))
+    _add(n, 'score' + suffix, crop(up8, n.data))
 
 
-def fcn8s_atonce_head(n, top, classes):
+def fcn8s_atonce_head(n, top, classes, suffix=''):
     """FCN-8s with its skips scaled, for training all at once."""
-    fcn8s_head(n, top, classes, ATONCE_SCALES)
+    fcn8s_head(n, top, classes, ATONCE_SCALES, suffix)
 
 
 HEADS = {
@@ -107,7 +121,8 @@ HEADS = {
 }
 
 
-def fcn(stage, data, classes=21, width=1.0, loss=True, dropout=True):
+def fcn(stage, data, classes=21, width=1.0, loss=True, dropout=True, trunk=None,
+        normalize=False, **head_args):
     """Make one FCN net.
 
     Parameters
@@ -121,11 +136,19 @@ def fcn(stage, data, classes=21, width=1.0, loss=True, dropout=True):
     width : float
         Multiplier on the trunk's widths; score layers keep ``classes`` outputs.
     loss : bool
-        Add the SoftmaxWithLoss on ``score`` and ``label``. Its loss is summed
-        over pixels and divided by the batch only (``normalize: false``), hence
-        the tiny learning rates of the FCN solvers; label 255 is ignored.
+        Add the SoftmaxWithLoss on ``score`` and ``label``; label 255 is ignored.
     dropout : bool
         Add drop6/drop7 (the reference deploy net has none).
+    trunk : callable, optional
+        ``trunk(n, bottom, width, dropout=...)`` adds the feature layers and returns
+        the top the score layer reads; default ``nets.vgg.fcn_trunk``. Skip heads
+        also read the trunk's ``pool4`` / ``pool3``.
+    normalize : bool
+        The loss's ``normalize``. False (the VGG16 FCNs) sums over pixels and divides
+        by the batch only, hence their tiny learning rates; True divides by the
+        number of labelled pixels.
+    **head_args :
+        Passed to the stage's head (``kernel`` of FCN-32s's upscore).
 
     Returns
     -------
@@ -135,15 +158,50 @@ def fcn(stage, data, classes=21, width=1.0, loss=True, dropout=True):
         raise ValueError('unknown FCN stage %r; known: %s' % (stage, ', '.join(HEADS)))
     n = caffe.NetSpec()
     data(n)
-    top = vgg.fcn_trunk(n, n.data, width, dropout=dropout)
-    HEADS[stage](n, top, classes)
+    top = (trunk or vgg.fcn_trunk)(n, n.data, width, dropout=dropout)
+    HEADS[stage](n, top, classes, **head_args)
     if loss:
         n.loss = L.SoftmaxWithLoss(n.score, n.label,
-                                   loss_param=dict(normalize=False, ignore_label=255))
+                                   loss_param=dict(normalize=normalize, ignore_label=255))
     return n.to_proto()
 
 
-def deploy(stage, classes=21, width=1.0, shape=DEPLOY_INPUT):
-    """The deploy form of ``stage``: Input layer, no dropout, no loss."""
+def deploy(stage, classes=21, width=1.0, shape=DEPLOY_INPUT, **fcn_args):
+    """The deploy form of ``stage``: Input layer, no dropout, no loss.
+
+    ``fcn_args`` (``trunk``, head arguments) as for :func:`fcn`.
+    """
     return fcn(stage, lambda n: input_data(n, shape), classes, width,
-               loss=False, dropout=False)
+               loss=False, dropout=False, **fcn_args)
+
+
+def stage_nets(stage, data, train_split, val_split, classes=21, width=1.0, **fcn_args):
+    """The train, val and deploy NetParameters of ``stage`` on one dataset.
+
+    Parameters
+    ----------
+    data : callable
+        ``data(n, split)`` adds the dataset's data layer (tops ``data``, ``label``)
+        reading ``split`` to NetSpec ``n``.
+    train_split, val_split : str
+        The splits of the train and val nets.
+    classes, width, **fcn_args :
+        As for :func:`fcn` (``trunk``, ``normalize``, head arguments).
+
+    Returns
+    -------
+    dict : {'train': NetParameter, 'val': ..., 'deploy': ...}, in that order.
+    """
+    def on(split):
+        return lambda n: data(n, split)
+    return {
+        'train': fcn(stage, on(train_split), classes, width, **fcn_args),
+        'val': fcn(stage, on(val_split), classes, width, **fcn_args),
+        'deploy': deploy(stage, classes, width, **fcn_args),
+    }
+
+
+def softmax_loss(score, label, normalize=False):
+    """The FCN loss: SoftmaxWithLoss ignoring label 255 (``normalize`` as for :func:`fcn`)."""
+    return L.SoftmaxWithLoss(score, label,
+                             loss_param=dict(normalize=normalize, ignore_label=255))

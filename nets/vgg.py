@@ -46,7 +46,7 @@ def max_pool(bottom, ks=2, stride=2):
     return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
 
 
-def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED):
+def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suffix=''):
     """Add conv1_1 ... conv5_3 with their ReLUs and pool1 ... pool5 to ``n``.
 
     Parameters
@@ -62,6 +62,8 @@ def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED):
     stride, param :
         Convolution stride and param specs; ``None`` leaves them unset, as the
         ILSVRC classifier does.
+    suffix : str
+        Appended to every layer name (``conv1_1color`` in a late-fusion net).
 
     Returns
     -------
@@ -73,36 +75,35 @@ def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED):
             pad = first_pad if (b, c) == (1, 1) else 1
             conv, relu = conv_relu(top, scaled(nout, width), stride=stride, pad=pad,
                                    param=param)
-            setattr(n, 'conv%d_%d' % (b, c), conv)
-            setattr(n, 'relu%d_%d' % (b, c), relu)
+            n['conv%d_%d%s' % (b, c, suffix)] = conv
+            n['relu%d_%d%s' % (b, c, suffix)] = relu
             top = relu
-        setattr(n, 'pool%d' % b, max_pool(top))
-        top = getattr(n, 'pool%d' % b)
+        n['pool%d%s' % (b, suffix)] = max_pool(top)
+        top = n['pool%d%s' % (b, suffix)]
     return top
 
 
-def fcn_trunk(n, bottom, width=1.0, dropout=True):
+def fcn_trunk(n, bottom, width=1.0, dropout=True, suffix=''):
     """Add VGG16 in fully convolutional form to ``n``: fc6 and fc7 as convolutions.
 
     fc6 is a 7 x 7 convolution without padding and fc7 a 1 x 1 one, so the
     ILSVRC fc weights load into them by reshaping. The reference deploy net has
-    no Dropout layers (Dropout is the identity at test time).
+    no Dropout layers (Dropout is the identity at test time). ``suffix`` ends
+    every layer name, as for :func:`conv_blocks`.
 
     Returns
     -------
     Top : the blob the score layer reads (drop7, or relu7 without dropout).
     """
-    pool5 = conv_blocks(n, bottom, width, first_pad=100)
-    n.fc6, n.relu6 = conv_relu(pool5, scaled(FC_OUTPUT, width), ks=7, pad=0)
-    top = n.relu6
-    if dropout:
-        n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
-        top = n.drop6
-    n.fc7, n.relu7 = conv_relu(top, scaled(FC_OUTPUT, width), ks=1, pad=0)
-    top = n.relu7
-    if dropout:
-        n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
-        top = n.drop7
+    pool5 = conv_blocks(n, bottom, width, first_pad=100, suffix=suffix)
+    top = pool5
+    for i, ks in ((6, 7), (7, 1)):
+        fc, relu = conv_relu(top, scaled(FC_OUTPUT, width), ks=ks, pad=0)
+        n['fc%d%s' % (i, suffix)], n['relu%d%s' % (i, suffix)] = fc, relu
+        top = relu
+        if dropout:
+            n['drop%d%s' % (i, suffix)] = L.Dropout(relu, dropout_ratio=0.5, in_place=True)
+            top = n['drop%d%s' % (i, suffix)]
     return top
 
 

@@ -3,8 +3,6 @@
 Paths are relative to a model folder (``voc-fcn32s/`` etc.), where ``solve.py``
 runs, so ``../data`` is the repository's data folder.
 """
-import functools
-
 from torchcaffe import layers as L
 
 from . import fcn
@@ -43,24 +41,20 @@ def python_data(n, split):
                                param_str=str(params))
 
 
-def stage_nets(stage, classes=CLASSES, width=1.0):
+def stage_nets(stage, classes=CLASSES, width=1.0, **fcn_args):
     """The train, val and deploy NetParameters of an FCN stage on VOC.
 
     Parameters
     ----------
     stage : str
         'fcn32s', 'fcn16s', 'fcn8s' or 'fcn8s-atonce'.
-    classes, width :
-        As for ``nets.fcn.fcn``; the defaults give the reference nets.
+    classes, width, **fcn_args :
+        As for ``nets.fcn.fcn``; the defaults give the reference's VGG16 nets
+        (``nets.alexnet`` passes its trunk, loss and upsampling kernel).
 
     Returns
     -------
     dict : {'train': NetParameter, 'val': ..., 'deploy': ...}, in that order.
     """
-    def on(split):
-        return functools.partial(python_data, split=split)
-    return {
-        'train': fcn.fcn(stage, on(TRAIN_SPLIT), classes, width),
-        'val': fcn.fcn(stage, on(VAL_SPLIT), classes, width),
-        'deploy': fcn.deploy(stage, classes, width),
-    }
+    return fcn.stage_nets(stage, python_data, TRAIN_SPLIT, VAL_SPLIT, classes, width,
+                          **fcn_args)

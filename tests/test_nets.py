@@ -215,7 +215,7 @@ def expected_net(stage, split, classes=21, widths=FULL):
 # -- committed files are what the scripts write -------------------------------------
 
 NET_SCRIPTS = {folder: [s + '.prototxt' for s in SPLITS] for folder in STAGES.values()}
-NET_SCRIPTS['ilsvrc-nets'] = ['vgg16-deploy.prototxt']
+NET_SCRIPTS['ilsvrc-nets'] = ['vgg16-deploy.prototxt', 'caffenet-deploy.prototxt']
 
 
 @pytest.mark.parametrize('folder', sorted(NET_SCRIPTS))

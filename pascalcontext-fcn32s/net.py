@@ -1,0 +1,23 @@
+"""Write the FCN-32s PASCAL-Context nets beside this script:
+train.prototxt, val.prototxt and deploy.prototxt.
+
+    python net.py            # into this folder, from any working directory
+    python net.py OUT_DIR    # somewhere else (the tests regenerate and diff)
+
+The definitions live in nets/ at the repository root (nets/pascalcontext.py).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from nets import pascalcontext, write  # noqa: E402
+
+
+def main(out_dir=HERE):
+    return write.write_nets(pascalcontext.stage_nets('fcn32s'), out_dir)
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:2])

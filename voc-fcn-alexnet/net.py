@@ -1,0 +1,23 @@
+"""Write the FCN-AlexNet PASCAL VOC nets beside this script:
+train.prototxt, val.prototxt and deploy.prototxt.
+
+    python net.py            # into this folder, from any working directory
+    python net.py OUT_DIR    # somewhere else (the tests regenerate and diff)
+
+The definitions live in nets/ at the repository root (nets/alexnet.py).
+"""
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.dirname(HERE))
+
+from nets import alexnet, write  # noqa: E402
+
+
+def main(out_dir=HERE):
+    return write.write_nets(alexnet.stage_nets(), out_dir)
+
+
+if __name__ == '__main__':
+    main(*sys.argv[1:2])

@@ -41,9 +41,9 @@ import os
 
 import numpy as np
 
-from seg_layers import (MultiTopSegDataLayer, check_label_values, check_same_size,
-                        read_mat_field)
-from voc_layers import DataLayerError, _open_image, preprocess, read_rgb
+from seg_layers import (DataLayerError, SampleLoader, SegDataLayer, check_label_values,
+                        open_image, read_mat_field)
+from voc_layers import preprocess, read_rgb
 
 __all__ = ['NYUDSegDataLayer', 'KINDS', 'MEAN_BGR', 'MEAN_HHA', 'MEAN_LOGD',
            'scoring_heads']
@@ -58,25 +58,21 @@ CLASSES_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data', 
                             'classes.txt')
 
 
-class _NYUDLoader:
+class _NYUDLoader(SampleLoader):
     """Loads the chosen tops of one frame; the prefetch thread runs it."""
 
     def __init__(self, root, tops):
+        super().__init__(tops)
         self.root = root
-        self.tops = list(tops)
         self.mean_bgr = np.array(MEAN_BGR, dtype=np.float32)
         self.mean_hha = np.array(MEAN_HHA, dtype=np.float32)
         self.mean_logd = np.array(MEAN_LOGD, dtype=np.float32)
-        self.warned = set()
 
     def path(self, kind, idx):
         if kind == 'label':
             return os.path.join(self.root, 'segmentation', 'img_%s.mat' % idx)
         folder = {'color': 'images', 'depth': 'depth', 'hha': 'hha'}[kind]
         return os.path.join(self.root, 'data', folder, 'img_%s.png' % idx)
-
-    def paths(self, idx):
-        return [self.path(kind, idx) for kind in self.tops]
 
     def load(self, kind, idx):
         return {'color': self.image, 'depth': self.depth, 'hha': self.hha,
@@ -95,7 +91,7 @@ class _NYUDLoader:
 
     def depth(self, idx):
         path = self.path('depth', idx)
-        with _open_image(path, 'depth') as im:
+        with open_image(path, 'depth') as im:
             if im.mode not in DEPTH_MODES:
                 raise DataLayerError('%s: depth must be a 16-bit grayscale PNG (millimetres), '
                                      'got mode %r' % (path, im.mode))
@@ -110,7 +106,7 @@ class _NYUDLoader:
 
     def hha(self, idx):
         path = self.path('hha', idx)
-        with _open_image(path, 'HHA image') as im:
+        with open_image(path, 'HHA image') as im:
             if im.mode != 'RGB':
                 raise DataLayerError('%s: HHA must be a 3-channel 8-bit PNG, got mode %r'
                                      % (path, im.mode))
@@ -118,13 +114,8 @@ class _NYUDLoader:
         hha -= self.mean_hha
         return np.ascontiguousarray(hha.transpose((2, 0, 1)))
 
-    def __call__(self, idx):
-        arrays = tuple(self.load(kind, idx) for kind in self.tops)
-        check_same_size(arrays, self.paths(idx))
-        return arrays
 
-
-class NYUDSegDataLayer(MultiTopSegDataLayer):
+class NYUDSegDataLayer(SegDataLayer):
     """Frames of NYUDv2 as the tops listed in ``tops`` (color, depth, hha, label).
 
     ``param_str`` keys: ``nyud_dir``, ``split``, ``tops``, optional ``randomize``,
@@ -149,7 +140,7 @@ class NYUDSegDataLayer(MultiTopSegDataLayer):
         self.data = {}
         return self.tops
 
-    def make_loader(self):
+    def make_loader(self, where):
         return _NYUDLoader(self.nyud_dir, self.tops)
 
     def keep(self, sample):

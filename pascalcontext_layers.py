@@ -13,7 +13,7 @@ plus background (every other label, and unlabelled pixels) make 60 classes::
       }
     }
 
-``param_str`` keys (read with ``ast.literal_eval``, as ``voc_layers``):
+``param_str`` keys (a dict literal, as for every data layer: ``seg_layers``):
 
 - ``voc_dir``: the folder holding ``VOC2010/`` (the reference appends it):
   images ``VOC2010/JPEGImages/<id>.jpg``, split lists
@@ -21,7 +21,7 @@ plus background (every other label, and unlabelled pixels) make 60 classes::
 - ``context_dir``: the PASCAL-Context annotations, ``trainval/<id>.mat`` (field
   ``LabelMap``: uint16 ids of the full label list), and the class lists.
 - ``split``, ``randomize`` (default True), ``seed`` (default None), ``prefetch``
-  (default True): as ``voc_layers`` (only splits named with 'train' are shuffled).
+  (default True): as ``seg_layers`` (only splits named with 'train' are shuffled).
 - ``mean`` (optional; not in the reference, which fixes it): BGR mean pixel,
   default ``MEAN_BGR`` = (104.007, 116.669, 122.679), the reference's value, held
   in float32 as it held it.
@@ -44,9 +44,9 @@ import os
 
 import numpy as np
 
-from voc_layers import (DataFileNotFoundError, DataLayerError, parse_param_str, read_split,
-                        _SegDataLayer, _SampleLoader, _check_files_exist, _check_flag,
-                        _check_mean, _check_text, _require_dir)
+from seg_layers import (DataFileNotFoundError, DataLayerError, check_mean, check_text, load_mat,
+                        require_dir)
+from voc_layers import ImageLabelLoader, ImageLabelSegDataLayer
 
 __all__ = ['PASCALContextSegDataLayer', 'MEAN_BGR', 'TASK_RENAMES', 'CLASS_FILES',
            'normalise', 'read_class_list', 'find_class_files', 'class_table',
@@ -182,13 +182,7 @@ def read_label_map(path):
     DataFileNotFoundError, DataLayerError
         Missing, unreadable, without ``LabelMap``, not a 2-D numeric array.
     """
-    import scipy.io
-    if not os.path.isfile(path):
-        raise DataFileNotFoundError('label not found', path)
-    try:
-        mat = scipy.io.loadmat(path)
-    except Exception as err:  # scipy raises many types for a bad file
-        raise DataLayerError('%s: cannot read MAT file: %s' % (path, err)) from err
+    mat = load_mat(path)
     if 'LabelMap' not in mat:
         raise DataLayerError('%s: no LabelMap (PASCAL-Context trainval/*.mat layout); '
                              'variables: %s' % (path, ', '.join(sorted(
@@ -219,62 +213,33 @@ def to_task_labels(label_map, table):
 
 # ------------------------------------------------------------------------ the layer
 
-class _ContextFiles:
-    """Paths of VOC2010 images and PASCAL-Context labels, and the class mapping."""
-
-    def __init__(self, voc_root, context_dir, split, table):
-        self.root = voc_root
-        self.image_dir = os.path.join(voc_root, 'JPEGImages')
-        self.label_dir = os.path.join(context_dir, 'trainval')
-        self.split_file = os.path.join(voc_root, 'ImageSets', 'Main', split + '.txt')
-        self.label_ext = '.mat'
-        self.table = table
-
-    def image_path(self, sample_id):
-        return os.path.join(self.image_dir, sample_id + '.jpg')
-
-    def label_path(self, sample_id):
-        return os.path.join(self.label_dir, sample_id + self.label_ext)
-
-    def read_label(self, path):
-        return to_task_labels(read_label_map(path), self.table)
-
-
-class PASCALContextSegDataLayer(_SegDataLayer):
+class PASCALContextSegDataLayer(ImageLabelSegDataLayer):
     """One (image, 59-class label) pair per forward, each at its own size.
 
     Tops: ``data`` 1 x 3 x H x W float32 (RGB -> BGR, minus the mean, channels
     first) and ``label`` 1 x 1 x H x W uint8 in 0..59. Ordering, prefetching and
-    resuming are those of ``voc_layers``' layers; see the module doc for the rest.
+    resuming are those of every data layer (``seg_layers``); see the module doc
+    for the rest.
     """
+    dir_key = 'voc_dir'
+    dir_subfolder = VOC_YEAR  # as the reference: voc_dir names the folder above VOC2010
+    required = ('context_dir',)
+    optional = {'mean': MEAN_BGR}
+    split_dir = ('ImageSets', 'Main')
 
-    def _read_params(self, where):
-        params = parse_param_str(self.param_str, ['voc_dir', 'context_dir', 'split'],
-                                 {'mean': MEAN_BGR, 'randomize': True, 'seed': None,
-                                  'prefetch': True}, where)
-        # As the reference: voc_dir names the folder above VOC2010.
-        self.voc_dir = os.path.join(_check_text(params, 'voc_dir', where), VOC_YEAR)
-        self.context_dir = _check_text(params, 'context_dir', where)
-        self.split = _check_text(params, 'split', where)
+    def configure(self, params, where):
+        self.context_dir = check_text(params, 'context_dir', where)
         # float32, as the reference's np.array(..., dtype=np.float32): the same roundings.
-        self.mean = _check_mean(params['mean'], where).astype(np.float32)
-        self.random = _check_flag(params, 'randomize', where)
-        self.seed = params['seed']
-        return _check_flag(params, 'prefetch', where)
+        self.mean = check_mean(params['mean'], where).astype(np.float32)
 
-    def _open_dataset(self, where):
-        _require_dir(self.voc_dir, '%s voc_dir/%s' % (where, VOC_YEAR))
-        _require_dir(self.context_dir, '%s context_dir' % where)
+    def make_loader(self, where):
+        require_dir(self.context_dir, '%s context_dir' % where)
         full_path, task_path = find_class_files(self.context_dir)
         self.labels_400 = read_class_list(full_path)
         self.labels_59 = read_class_list(task_path)
         table = class_table(self.labels_400, self.labels_59,
                             '%s and %s' % (full_path, task_path))
-        files = _ContextFiles(self.voc_dir, self.context_dir, self.split, table)
-        self.indices = read_split(files.split_file)
-        _require_dir(files.image_dir, 'image folder')
-        _require_dir(files.label_dir, 'label folder (PASCAL-Context trainval/)')
-        _check_files_exist(self.indices, [(files.image_dir, '.jpg'),
-                                          (files.label_dir, files.label_ext)], files.split_file)
-        self.files = files
-        self._loader = _SampleLoader(files, self.mean)
+        return ImageLabelLoader(os.path.join(self.voc_dir, 'JPEGImages'),
+                                os.path.join(self.context_dir, 'trainval'), '.mat',
+                                lambda path: to_task_labels(read_label_map(path), table),
+                                self.mean, 'label folder (PASCAL-Context trainval/)')

@@ -44,8 +44,7 @@ import os
 
 import numpy as np
 
-from seg_layers import (MultiTopSegDataLayer, check_label_values, check_same_size,
-                        read_mat_field)
+from seg_layers import SampleLoader, SegDataLayer, check_label_values, read_mat_field
 from voc_layers import preprocess, read_rgb
 
 __all__ = ['SIFTFlowSegDataLayer', 'MEAN_BGR', 'CATEGORY_DIR', 'read_classes',
@@ -58,31 +57,38 @@ GEOMETRIC_CLASSES = 3
 ROOT = os.path.dirname(os.path.abspath(__file__))
 CLASSES_FILE = os.path.join(ROOT, 'data', 'sift-flow', 'classes.txt')
 
+# Each label top's type, and each type's folder.
+TOP_LABEL_TYPES = {'sem': 'semantic', 'geo': 'geometric'}
+LABEL_FOLDERS = {'semantic': 'SemanticLabels', 'geometric': 'GeoLabels'}
 
-class _SIFTFlowLoader:
+
+class _SIFTFlowLoader(SampleLoader):
     """Loads (data, sem, geo) of one image; the prefetch thread runs it."""
 
     def __init__(self, root):
+        super().__init__(('data', 'sem', 'geo'))
         self.root = root
         self.mean = np.array(MEAN_BGR, dtype=np.float32)
-        self.warned = set()
 
     def image_path(self, name):
         return os.path.join(self.root, 'Images', CATEGORY_DIR, name + '.jpg')
 
     def label_path(self, name, label_type):
-        folder = {'semantic': 'SemanticLabels', 'geometric': 'GeoLabels'}[label_type]
-        return os.path.join(self.root, folder, CATEGORY_DIR, name + '.mat')
+        return os.path.join(self.root, LABEL_FOLDERS[label_type], CATEGORY_DIR, name + '.mat')
 
-    def paths(self, name):
-        return [self.image_path(name), self.label_path(name, 'semantic'),
-                self.label_path(name, 'geometric')]
+    def path(self, kind, name):
+        if kind == 'data':
+            return self.image_path(name)
+        return self.label_path(name, TOP_LABEL_TYPES[kind])
+
+    def load(self, kind, name):
+        return self.image(name) if kind == 'data' else self.label(name, TOP_LABEL_TYPES[kind])
 
     def image(self, name):
         return preprocess(read_rgb(self.image_path(name), self.warned), self.mean)
 
     def label(self, name, label_type):
-        if label_type not in ('semantic', 'geometric'):
+        if label_type not in LABEL_FOLDERS:
             raise ValueError('unknown label type %r: pick semantic or geometric' % label_type)
         path = self.label_path(name, label_type)
         label = read_mat_field(path, 'S')
@@ -96,13 +102,8 @@ class _SIFTFlowLoader:
         label -= 1  # classes start at 0; void (0) wraps to 255
         return label[np.newaxis, ...]
 
-    def __call__(self, name):
-        arrays = (self.image(name), self.label(name, 'semantic'), self.label(name, 'geometric'))
-        check_same_size(arrays, self.paths(name))
-        return arrays
 
-
-class SIFTFlowSegDataLayer(MultiTopSegDataLayer):
+class SIFTFlowSegDataLayer(SegDataLayer):
     """(image, semantic label, geometric label) triples from SIFT Flow.
 
     Tops: ``data``, ``sem`` (classes 0-32, void 255), ``geo`` (classes 0-2, void
@@ -111,6 +112,7 @@ class SIFTFlowSegDataLayer(MultiTopSegDataLayer):
     it: ``data``, ``label_semantic``, ``label_geometric``.
     """
     dir_key = 'siftflow_dir'
+    top_names = ('data', 'sem', 'geo')
     dataset_hint = ('get SiftFlowDataset.zip from '
                     'http://www.cs.unc.edu/~jtighe/Papers/ECCV10/siftflow/SiftFlowDataset.zip '
                     'and unpack it so that the SIFT Flow folder holds Images/, '
@@ -118,9 +120,8 @@ class SIFTFlowSegDataLayer(MultiTopSegDataLayer):
 
     def configure(self, params, where):
         self.mean = np.array(MEAN_BGR, dtype=np.float32)
-        return ['data', 'sem', 'geo']
 
-    def make_loader(self):
+    def make_loader(self, where):
         return _SIFTFlowLoader(self.siftflow_dir)
 
     def keep(self, sample):

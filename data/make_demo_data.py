@@ -1,6 +1,6 @@
 """Generate the demo dataset: small synthetic scenes in PASCAL VOC and SBD layouts.
 
-    python data/make_demo_data.py                        # 160 train + 40 val into data/demo-gen
+    python data/make_demo_data.py                        # 200 train + 50 val into data/demo-gen
     python data/make_demo_data.py --out /tmp/demo --train 20 --val 5 --seed 3
 
 The same scenes are written twice, so the FCN data layers read them exactly as
@@ -22,9 +22,12 @@ image). Each class has its own colour family and texture (shaded reddish discs,
 hatched bluish polygons, flat yellowish stripes) drawn with per-object colour
 jitter; the background is a smooth random field of earthy colours with grain,
 and holds a few background-coloured decoy shapes labelled background. Pixel
-noise covers everything. Images are 64 to 96 pixels on each side, sizes vary
-per image. Discs go down to a radius of 2.5 pixels and stripes are thin, so
-labels need fine output strides: FCN-8s should beat FCN-32s here as on VOC.
+noise covers everything. Images are 128 to 192 pixels on each side, sizes vary
+per image. Two scales, so that the stages differ as on VOC: the polygons, the
+decoys and half the discs are large (sizes in proportion to the image, about
+a tenth to a half of its side), blobs that FCN-32s's stride of 32 can find;
+the other discs have radii of 2.5 to 5 pixels and the stripes are 2 to 4 pixels
+wide at any image size, details that need FCN-8s's finer strides.
 
 Labels. Shapes are drawn anti-aliased from signed distance fields. As in VOC,
 a one-pixel band on every object outline is void (255) in the VOC PNGs; the SBD
@@ -33,7 +36,7 @@ labels, like SBD's own, have no void. Thin stripes keep a labelled core.
 Determinism. Sample ``i`` is drawn from ``numpy.random.default_rng([seed, i])``,
 so a seed always gives the same scenes, whatever the split sizes; JPEG, PNG and
 MAT bytes are identical from run to run (the MAT header's creation date is fixed).
-Two hundred images take a few seconds.
+The default 250 scenes take about five seconds.
 """
 import argparse
 import io
@@ -142,21 +145,24 @@ def random_shapes(rng, h, w, yy, xx):
     """The scene's shapes in drawing order: (class, signed distance, H x W x 3 colour)."""
     shapes = []
     ones = np.ones((h, w, 1))
+    k = min(h, w) / 100.0  # the large shapes' sizes are in hundredths of the image side
 
     def centre(margin=0):
         return rng.uniform(margin, h - margin), rng.uniform(margin, w - margin)
 
     for _ in range(rng.integers(0, 3)):  # background-coloured decoys
         cy, cx = centre()
-        sd = (disc_sdf(yy, xx, cy, cx, rng.uniform(4, 12)) if rng.random() < 0.5 else
-              rectangle_sdf(yy, xx, cy, cx, *rng.uniform(3, 10, 2), rng.uniform(0, np.pi)))
+        sd = (disc_sdf(yy, xx, cy, cx, k * rng.uniform(4, 12)) if rng.random() < 0.5 else
+              rectangle_sdf(yy, xx, cy, cx, *(k * rng.uniform(3, 10, 2)),
+                            rng.uniform(0, np.pi)))
         shapes.append((0, sd, ones * jitter(rng, (110, 115, 90), 40)))
-    for _ in range(rng.integers(1, 4)):  # polygons
+    for _ in range(rng.integers(1, 3)):  # polygons
         cy, cx = centre(4)
         if rng.random() < 0.5:
-            sd = rectangle_sdf(yy, xx, cy, cx, *rng.uniform(3, 14, 2), rng.uniform(0, np.pi))
+            sd = rectangle_sdf(yy, xx, cy, cx, *(k * rng.uniform(6, 20, 2)),
+                               rng.uniform(0, np.pi))
         else:
-            radius = rng.uniform(5, 18)
+            radius = k * rng.uniform(10, 28)
             # corners about a third of a turn apart: no slivers
             angles = rng.uniform(0, 2 * np.pi) + np.arange(3) * 2 * np.pi / 3 \
                 + rng.uniform(-0.5, 0.5, 3)
@@ -164,9 +170,9 @@ def random_shapes(rng, h, w, yy, xx):
             sd = triangle_sdf(yy, xx, corners)
         colour = jitter(rng, (55, 85, 185), 35)
         shapes.append((2, sd, colour + 25 * hatch(yy, xx, rng)[..., None]))
-    for _ in range(rng.integers(1, 5)):  # discs, many small
+    for _ in range(rng.integers(1, 5)):  # discs, half of them small at any image size
         cy, cx = centre(2)
-        r = rng.uniform(2.5, 5) if rng.random() < 0.5 else rng.uniform(5, 14)
+        r = rng.uniform(2.5, 5) if rng.random() < 0.5 else k * rng.uniform(8, 20)
         dist = np.hypot(yy - cy, xx - cx)
         shade = (0.65 + 0.35 * np.clip(1 - dist / r, 0, 1))[..., None]
         shapes.append((1, disc_sdf(yy, xx, cy, cx, r), shade * jitter(rng, (205, 70, 55), 35)))
@@ -178,7 +184,7 @@ def random_shapes(rng, h, w, yy, xx):
     return [shapes[i] for i in order]
 
 
-def render_scene(rng, min_size=64, max_size=96):
+def render_scene(rng, min_size=128, max_size=192):
     """One random scene.
 
     Returns
@@ -260,8 +266,8 @@ def sample_ids(count, start=0):
     return ['demo_%06d' % (start + i + 1) for i in range(count)]
 
 
-def make_demo_data(out=DEFAULT_OUT, num_train=160, num_val=40, seed=0,
-                   min_size=64, max_size=96):
+def make_demo_data(out=DEFAULT_OUT, num_train=200, num_val=50, seed=0,
+                   min_size=128, max_size=192):
     """Write the demo dataset under ``out`` in both layouts (see the module docstring).
 
     Parameters
@@ -319,11 +325,11 @@ def make_demo_data(out=DEFAULT_OUT, num_train=160, num_val=40, seed=0,
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--out', default=DEFAULT_OUT, help='output folder (default %(default)s)')
-    parser.add_argument('--train', type=int, default=160, help='training samples')
-    parser.add_argument('--val', type=int, default=40, help='validation samples')
+    parser.add_argument('--train', type=int, default=200, help='training samples')
+    parser.add_argument('--val', type=int, default=50, help='validation samples')
     parser.add_argument('--seed', type=int, default=0)
-    parser.add_argument('--min-size', type=int, default=64)
-    parser.add_argument('--max-size', type=int, default=96)
+    parser.add_argument('--min-size', type=int, default=128)
+    parser.add_argument('--max-size', type=int, default=192)
     return parser.parse_args(argv)
 
 

@@ -8,8 +8,9 @@
 - ``nets.nyud``: the NYUDv2 nets on color, HHA, color-depth and color-HHA.
 - ``nets.alexnet``: the AlexNet (CaffeNet) trunk, FCN-AlexNet and the ILSVRC CaffeNet.
 - ``nets.pascalcontext``: the PASCAL-Context data layer and its triples.
+- ``nets.demo``: the narrow demo nets on the generated dataset (trained from scratch).
 - ``nets.write``: writes NetParameters as prototxt files.
 """
-from . import vgg, fcn, voc, alexnet, pascalcontext, siftflow, nyud, write
+from . import vgg, fcn, voc, alexnet, pascalcontext, siftflow, nyud, demo, write
 
-__all__ = ['vgg', 'fcn', 'voc', 'alexnet', 'pascalcontext', 'siftflow', 'nyud', 'write']
+__all__ = ['vgg', 'fcn', 'voc', 'alexnet', 'pascalcontext', 'siftflow', 'nyud', 'demo', 'write']

@@ -29,14 +29,18 @@ def scaled(num_output, width):
     return max(1, int(round(num_output * width)))
 
 
-def conv_relu(bottom, nout, ks=3, stride=1, pad=1, param=LEARNED):
+def conv_relu(bottom, nout, ks=3, stride=1, pad=1, param=LEARNED, weight_filler=None):
     """A convolution and its in-place ReLU; ``None`` leaves a field unset.
+
+    ``weight_filler`` (a FillerParameter as a dict) is unset in the reference nets:
+    their weights come from a caffemodel, and Caffe's default filler is constant 0.
 
     Returns
     -------
     (conv, relu) : the two tops, to assign as ``n.convX_Y, n.reluX_Y``.
     """
-    kwargs = dict(kernel_size=ks, stride=stride, num_output=nout, pad=pad, param=param)
+    kwargs = dict(kernel_size=ks, stride=stride, num_output=nout, pad=pad, param=param,
+                  weight_filler=weight_filler)
     conv = L.Convolution(bottom, **{k: v for k, v in kwargs.items() if v is not None})
     return conv, L.ReLU(conv, in_place=True)
 
@@ -46,7 +50,8 @@ def max_pool(bottom, ks=2, stride=2):
     return L.Pooling(bottom, pool=P.Pooling.MAX, kernel_size=ks, stride=stride)
 
 
-def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suffix=''):
+def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suffix='',
+                weight_filler=None, first_filler=None):
     """Add conv1_1 ... conv5_3 with their ReLUs and pool1 ... pool5 to ``n``.
 
     Parameters
@@ -64,6 +69,10 @@ def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suff
         ILSVRC classifier does.
     suffix : str
         Appended to every layer name (``conv1_1color`` in a late-fusion net).
+    weight_filler, first_filler : dict, optional
+        Fillers of the convolutions' weights, for nets trained from scratch;
+        ``first_filler`` is conv1_1's (it sees raw pixel values, not unit-scale
+        activations), ``weight_filler`` by default. Unset (None): Caffe's constant 0.
 
     Returns
     -------
@@ -73,8 +82,9 @@ def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suff
     for b, (convs, nout) in enumerate(BLOCKS, start=1):
         for c in range(1, convs + 1):
             pad = first_pad if (b, c) == (1, 1) else 1
+            filler = (first_filler or weight_filler) if (b, c) == (1, 1) else weight_filler
             conv, relu = conv_relu(top, scaled(nout, width), stride=stride, pad=pad,
-                                   param=param)
+                                   param=param, weight_filler=filler)
             n['conv%d_%d%s' % (b, c, suffix)] = conv
             n['relu%d_%d%s' % (b, c, suffix)] = relu
             top = relu
@@ -83,22 +93,26 @@ def conv_blocks(n, bottom, width=1.0, first_pad=1, stride=1, param=LEARNED, suff
     return top
 
 
-def fcn_trunk(n, bottom, width=1.0, dropout=True, suffix=''):
+def fcn_trunk(n, bottom, width=1.0, dropout=True, suffix='', weight_filler=None,
+              first_filler=None):
     """Add VGG16 in fully convolutional form to ``n``: fc6 and fc7 as convolutions.
 
     fc6 is a 7 x 7 convolution without padding and fc7 a 1 x 1 one, so the
     ILSVRC fc weights load into them by reshaping. The reference deploy net has
     no Dropout layers (Dropout is the identity at test time). ``suffix`` ends
-    every layer name, as for :func:`conv_blocks`.
+    every layer name, and ``weight_filler`` / ``first_filler`` fill the weights
+    (fc6 and fc7 take ``weight_filler``), as for :func:`conv_blocks`.
 
     Returns
     -------
     Top : the blob the score layer reads (drop7, or relu7 without dropout).
     """
-    pool5 = conv_blocks(n, bottom, width, first_pad=100, suffix=suffix)
+    pool5 = conv_blocks(n, bottom, width, first_pad=100, suffix=suffix,
+                        weight_filler=weight_filler, first_filler=first_filler)
     top = pool5
     for i, ks in ((6, 7), (7, 1)):
-        fc, relu = conv_relu(top, scaled(FC_OUTPUT, width), ks=ks, pad=0)
+        fc, relu = conv_relu(top, scaled(FC_OUTPUT, width), ks=ks, pad=0,
+                             weight_filler=weight_filler)
         n['fc%d%s' % (i, suffix)], n['relu%d%s' % (i, suffix)] = fc, relu
         top = relu
         if dropout:

@@ -16,13 +16,14 @@ TRAIN_SPLIT = 'train'  # SBD train, 8,498 images
 VAL_SPLIT = 'seg11valid'  # VOC2011 seg val minus SBD train, 736 images
 
 
-def data_params(split):
+def data_params(split, sbdd_dir=SBDD_DIR, voc_dir=VOC_DIR):
     """The Python data layer's class name and its parameters for ``split``.
 
-    'train' reads SBD (``SBDDSegDataLayer``), any other split VOC
-    (``VOCSegDataLayer``). The keys come in the order of the reference's committed
-    prototxts (a Python 2 dict's order), so ``str()`` of the dict reproduces
-    their ``param_str`` exactly.
+    'train' reads SBD (``SBDDSegDataLayer``) in ``sbdd_dir``, any other split VOC
+    (``VOCSegDataLayer``) in ``voc_dir``; the defaults are the reference's folders
+    (the demo passes those of its generated dataset). The keys come in the order
+    of the reference's committed prototxts (a Python 2 dict's order), so ``str()``
+    of the dict reproduces their ``param_str`` exactly.
 
     >>> data_params('train')[0]
     'SBDDSegDataLayer'
@@ -30,13 +31,16 @@ def data_params(split):
     "{'voc_dir': '../data/pascal/VOC2011', 'seed'"
     """
     if split == TRAIN_SPLIT:
-        return 'SBDDSegDataLayer', dict(sbdd_dir=SBDD_DIR, seed=SEED, split=split, mean=MEAN)
-    return 'VOCSegDataLayer', dict(voc_dir=VOC_DIR, seed=SEED, split=split, mean=MEAN)
+        return 'SBDDSegDataLayer', dict(sbdd_dir=sbdd_dir, seed=SEED, split=split, mean=MEAN)
+    return 'VOCSegDataLayer', dict(voc_dir=voc_dir, seed=SEED, split=split, mean=MEAN)
 
 
-def python_data(n, split):
-    """Add the ``voc_layers`` data layer for ``split`` (tops ``data``, ``label``) to ``n``."""
-    layer, params = data_params(split)
+def python_data(n, split, **dirs):
+    """Add the ``voc_layers`` data layer for ``split`` (tops ``data``, ``label``) to ``n``.
+
+    ``dirs`` (``sbdd_dir``, ``voc_dir``) as for :func:`data_params`.
+    """
+    layer, params = data_params(split, **dirs)
     n.data, n.label = L.Python(module='voc_layers', layer=layer, ntop=2,
                                param_str=str(params))
 

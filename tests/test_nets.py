@@ -216,6 +216,8 @@ def expected_net(stage, split, classes=21, widths=FULL):
 
 NET_SCRIPTS = {folder: [s + '.prototxt' for s in SPLITS] for folder in STAGES.values()}
 NET_SCRIPTS['ilsvrc-nets'] = ['vgg16-deploy.prototxt', 'caffenet-deploy.prototxt']
+NET_SCRIPTS.update({'demo/' + stage: [s + '.prototxt' for s in SPLITS]
+                    for stage in ('fcn32s', 'fcn16s', 'fcn8s')})
 
 
 @pytest.mark.parametrize('folder', sorted(NET_SCRIPTS))

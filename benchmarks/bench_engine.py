@@ -50,10 +50,17 @@ def parse_args(argv=None):
 
 
 def with_input_layer(net_param, data_shape):
-    """``net_param`` with its Python data layer replaced by an Input layer (data, label)."""
+    """A copy of ``net_param`` whose Python data layer is an Input layer.
+
+    The Input layer keeps the data layer's name and tops (``data``, ``label``)
+    and gives them ``data_shape`` and N x 1 x H x W.
+    """
     proto = caffe_pb2.NetParameter()
     proto.CopyFrom(net_param)
     first = proto.layer[0]
+    if first.type != 'Python' or list(first.top) != ['data', 'label']:
+        raise ValueError('expected a Python data layer with tops data, label first; got %s %r'
+                         % (first.type, list(first.top)))
     n, _, h, w = data_shape
     swapped = caffe_pb2.LayerParameter(name=first.name, type='Input', top=list(first.top))
     swapped.input_param.shape.add(dim=list(data_shape))

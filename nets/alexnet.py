@@ -10,7 +10,7 @@ import torchcaffe as caffe
 from torchcaffe import layers as L, params as P
 
 from . import voc
-from .vgg import scaled
+from .vgg import classifier_head, scaled
 
 # (name, kernel, num_output, stride, pad, group) of the five convolutions.
 CONVS = (('conv1', 11, 96, 4, 0, 1),
@@ -137,14 +137,7 @@ def classifier(shape=CLASSIFIER_INPUT, classes=ILSVRC_CLASSES, width=1.0):
     n = caffe.NetSpec()
     n.data = L.Input(name='input', shape=dict(dim=list(shape)))
     pool5 = conv_layers(n, n.data, width, explicit=False)
-    n.fc6 = L.InnerProduct(pool5, num_output=scaled(FC_OUTPUT, width))
-    n.relu6 = L.ReLU(n.fc6, in_place=True)
-    n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
-    n.fc7 = L.InnerProduct(n.drop6, num_output=scaled(FC_OUTPUT, width))
-    n.relu7 = L.ReLU(n.fc7, in_place=True)
-    n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
-    n.fc8 = L.InnerProduct(n.drop7, num_output=classes)
-    n.prob = L.Softmax(n.fc8)
+    classifier_head(n, pool5, scaled(FC_OUTPUT, width), classes)
     proto = n.to_proto()
     proto.name = 'CaffeNet'
     return proto

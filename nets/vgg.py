@@ -136,14 +136,21 @@ def classifier(shape=CLASSIFIER_INPUT, classes=ILSVRC_CLASSES, width=1.0):
     n = caffe.NetSpec()
     n.data = L.Input(name='input', shape=dict(dim=list(shape)))
     pool5 = conv_blocks(n, n.data, width, stride=None, param=None)
-    n.fc6 = L.InnerProduct(pool5, num_output=scaled(FC_OUTPUT, width))
+    classifier_head(n, pool5, scaled(FC_OUTPUT, width), classes)
+    proto = n.to_proto()
+    proto.name = 'VGG_ILSVRC_16_layers'
+    return proto
+
+
+def classifier_head(n, bottom, fc_output, classes):
+    """The ILSVRC classifiers' head (VGG16's and CaffeNet's alike): fc6 and fc7
+    InnerProduct of ``fc_output`` with ReLU and Dropout 0.5 in place, fc8 of
+    ``classes``, and the Softmax "prob"."""
+    n.fc6 = L.InnerProduct(bottom, num_output=fc_output)
     n.relu6 = L.ReLU(n.fc6, in_place=True)
     n.drop6 = L.Dropout(n.relu6, dropout_ratio=0.5, in_place=True)
-    n.fc7 = L.InnerProduct(n.drop6, num_output=scaled(FC_OUTPUT, width))
+    n.fc7 = L.InnerProduct(n.drop6, num_output=fc_output)
     n.relu7 = L.ReLU(n.fc7, in_place=True)
     n.drop7 = L.Dropout(n.relu7, dropout_ratio=0.5, in_place=True)
     n.fc8 = L.InnerProduct(n.drop7, num_output=classes)
     n.prob = L.Softmax(n.fc8)
-    proto = n.to_proto()
-    proto.name = 'VGG_ILSVRC_16_layers'
-    return proto

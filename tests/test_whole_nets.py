@@ -15,10 +15,10 @@ import pytest
 import torch
 
 import torchcaffe as caffe
-from torchcaffe import caffe_pb2
 from nets import vgg, voc
 from benchmarks.fcn_module import FCN, VGG16, STAGES, ATONCE_SCALES, caffe_params, \
     load_from_net, softmax_loss
+from benchmarks.bench_engine import with_input_layer
 
 CLASSES = 5
 WIDTH = 1 / 16
@@ -26,24 +26,6 @@ SHAPE = (1, 3, 37, 45)
 
 
 # -- building nets ------------------------------------------------------------------
-
-def with_input_layer(net_param, data_shape):
-    """A copy of ``net_param`` whose Python data layer is an Input layer.
-
-    The Input layer keeps the data layer's name and tops (``data``, ``label``)
-    and gives them ``data_shape`` and N x 1 x H x W.
-    """
-    proto = caffe_pb2.NetParameter()
-    proto.CopyFrom(net_param)
-    first = proto.layer[0]
-    assert first.type == 'Python' and list(first.top) == ['data', 'label'], first
-    n, _, h, w = data_shape
-    swapped = caffe_pb2.LayerParameter(name=first.name, type='Input', top=['data', 'label'])
-    swapped.input_param.shape.add(dim=list(data_shape))
-    swapped.input_param.shape.add(dim=[n, 1, h, w])
-    first.CopyFrom(swapped)
-    return proto
-
 
 def stage_net(stage, split, shape=SHAPE):
     """The ``split`` net of ``stage`` at the test's classes and width, with Input data."""

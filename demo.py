@@ -3,6 +3,7 @@
     bash run_demo.sh                       # sets up .venv, runs this: about 4 min on 2 cores
     python demo.py                         # the same, where the dependencies are installed
     python demo.py --gpu 0                 # train and infer on a GPU
+    python demo.py --precision bf16        # bfloat16 autocast (tf32: TF32 on CUDA)
     python demo.py --quick --out /tmp/q    # a few iterations per stage: the pipeline runs
     python demo.py --validate-only         # only regenerate and check every net
 
@@ -75,6 +76,10 @@ def parse_args(argv=None):
                              'pipeline runs, not what it learns')
     parser.add_argument('--gpu', type=int, default=None, metavar='ID',
                         help='train and infer on this GPU (default: CPU)')
+    parser.add_argument('--precision', choices=list(caffe.PRECISIONS), default='fp32',
+                        help="arithmetic: fp32 (Caffe's, default), tf32 (TF32 tensor cores "
+                             "on CUDA) or bf16 (bfloat16 autocast, float32 weights and "
+                             "updates)")
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads for torch (default 2; results are reproducible '
                              'for a given count)')
@@ -365,7 +370,7 @@ def main(argv=None):
     args.out = os.path.abspath(args.out)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
-    threads = torch.get_num_threads()
+    threads, precision = torch.get_num_threads(), caffe.precision()
     torch.set_num_threads(args.threads)
     try:
         failures = validate_nets(os.path.join(args.out, 'nets'), args.image, args.label)
@@ -374,9 +379,11 @@ def main(argv=None):
         else:
             if args.gpu is not None:
                 training.set_device(args.gpu)
+            caffe.set_precision(args.precision)
             status = run_pipeline(args)
     finally:
         torch.set_num_threads(threads)
+        caffe.set_precision(precision)
     print('\ntotal time %.1f s (%s)' % (time.time() - start, 'ok' if status == 0 else 'FAILED'))
     return status
 

@@ -4,7 +4,7 @@
     python infer.py voc-fcn8s/deploy.prototxt voc-fcn8s/fcn8s-heavy-pascal.caffemodel \\
         data/demo/image.jpg --out out/infer
     python infer.py DEPLOY.prototxt WEIGHTS.caffemodel IMAGE_OR_FOLDER [--out DIR] [--gpu ID]
-        [--classes data/pascal/classes.txt] [--overwrite]
+        [--classes data/pascal/classes.txt] [--overwrite] [--precision fp32|tf32|bf16]
 
 For every image it writes into ``--out`` (default ``out/infer``):
 
@@ -25,6 +25,10 @@ read as images are skipped with a message; when none can be read the run fails.
 Images whose two outputs already exist are skipped, so an interrupted run
 resumes where it stopped (``--overwrite`` redoes them); outputs are written to a
 temporary file and renamed, so an interrupted write never leaves a partial one.
+The label PNG is written last: its presence marks an image as done, so the
+outputs themselves are the progress record. The closing summary counts every
+image, the resumed ones too, so it is the same as an uninterrupted run's.
+(Outputs made with other weights are not detected: use a new ``--out``.)
 """
 import argparse
 import collections
@@ -287,11 +291,25 @@ def parse_args(argv=None):
                         help='output folder (default out/infer)')
     parser.add_argument('--gpu', type=int, default=None, metavar='ID',
                         help='run on this GPU (default: CPU)')
+    parser.add_argument('--precision', choices=list(caffe.PRECISIONS), default='fp32',
+                        help="arithmetic: fp32 (Caffe's, default), tf32 (TF32 tensor cores "
+                             "on CUDA) or bf16 (bfloat16 autocast)")
     parser.add_argument('--classes', default=DEFAULT_CLASSES,
                         help='class names, one a line (default data/pascal/classes.txt)')
     parser.add_argument('--overwrite', action='store_true',
                         help='redo images whose outputs already exist')
     return parser.parse_args(argv)
+
+
+def _labels_in_order(images, result, out_dir):
+    """The label of every segmented image, in input order; resumed ones read back."""
+    labels = dict(result['done'])
+    for image in result['resumed']:
+        try:
+            labels[image] = score.read_label_png(output_paths(image, out_dir)[0])
+        except (OSError, ValueError):  # damaged since: left out of the summary
+            pass
+    return [labels[image] for image in images if image in labels]
 
 
 def _main(args):
@@ -303,6 +321,7 @@ def _main(args):
         raise InferError('--out must not be the input folder %s (the outputs would be read '
                          'as inputs on the next run)' % args.images)
     names = read_classes(args.classes)
+    caffe.set_precision(args.precision)
     net = load_net(args.deploy, args.weights, args.gpu)
     channels = _check_net_outputs(net)
     if len(names) < channels:
@@ -317,8 +336,9 @@ def _main(args):
     print('%d segmented in %.1f s, %d already done (--overwrite redoes them), %d skipped; '
           'outputs in %s' % (len(done), time.time() - start, len(resumed),
                                           len(failed), args.out))
-    if done:
-        print('predicted: %s' % class_summary([label for _, label in done], names))
+    if done or resumed:
+        print('predicted: %s' % class_summary(_labels_in_order(images, result, args.out),
+                                              names))
     return 0
 
 

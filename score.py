@@ -4,12 +4,17 @@
     python score.py voc-fcn32s/val.prototxt snapshot/train_iter_100000.caffemodel \\
         --classes data/pascal/classes.txt --json fcn32s.json [--save-dir preds] [--gpu 0]
     # first N images only, or a split list for nets whose data layer has none
-    python score.py NET.prototxt WEIGHTS --count 50
+    python score.py NET.prototxt WEIGHTS --count 50 [--precision bf16]
     # one head of a two-headed net; means over the classes present in the ground truth
     python score.py siftflow-fcn16s/test.prototxt W --layer score_sem --gt sem --present-only
     # a folder of predicted label PNGs against a folder of ground truth PNGs
     python score.py --pred-dir preds --gt-dir data/pascal/VOC2011/SegmentationClass \\
         --split-file data/pascal/seg11valid.txt --classes 21
+
+With ``--json OUT`` (or ``--progress FILE``) the partial results are saved as
+scoring goes (``OUT.progress``, written atomically); if the run is interrupted,
+the same command again skips the images already scored and ends with the same
+numbers as an uninterrupted run (see :class:`ScoreProgress`).
 
 The net runs from its prototxt's folder, since the FCN val prototxts name their
 data as ``../data/...``; other paths are taken relative to where the command runs.
@@ -35,10 +40,12 @@ in one pass over the images, one :class:`Head` each::
 import argparse
 import collections
 import contextlib
+import hashlib
 import json
 import math
 import os
 import sys
+import time
 import warnings
 from datetime import datetime
 
@@ -51,9 +58,9 @@ from torchcaffe.progress import progress
 
 import vis
 
-__all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'Head', 'compute_hist',
-           'compute_hists', 'seg_tests', 'do_seg_tests', 'do_head_tests', 'read_class_names',
-           'read_label_png', 'score_net', 'score_folders', 'main']
+__all__ = ['fast_hist', 'seg_metrics', 'ConfusionMatrix', 'Head', 'ScoreProgress', 'run_key',
+           'compute_hist', 'compute_hists', 'seg_tests', 'do_seg_tests', 'do_head_tests',
+           'read_class_names', 'read_label_png', 'score_net', 'score_folders', 'main']
 
 
 # ------------------------------------------------------------------------ metrics
@@ -233,7 +240,8 @@ class Head(collections.namedtuple('Head', 'layer gt loss names present_only')):
 Head.__new__.__defaults__ = ('score', 'label', 'loss', None, False)
 
 
-def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss'):
+def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss',
+                 checkpoint=None):
     """Forward the net once per item of ``dataset``; accumulate the confusion matrix.
 
     Each forward's data layer gives the next image: the prediction is the argmax
@@ -251,6 +259,8 @@ def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss')
     layer, gt, loss : str
         Blob names of the scores, the labels and the loss. Without a ``loss`` blob
         (None, or not in the net) the loss is NaN.
+    checkpoint : ScoreProgress, optional
+        Saves the partial results as it goes, and resumes from them.
 
     Returns
     -------
@@ -258,13 +268,15 @@ def compute_hist(net, save_dir, dataset, layer='score', gt='label', loss='loss')
     loss : float
         The mean over images of the loss blob.
     """
-    return compute_hists(net, save_dir, dataset, [Head(layer, gt, loss)])[0]
+    return compute_hists(net, save_dir, dataset, [Head(layer, gt, loss)], checkpoint)[0]
 
 
-def compute_hists(net, save_dir, dataset, heads):
+def compute_hists(net, save_dir, dataset, heads, checkpoint=None):
     """:func:`compute_hist` for several heads at once: one forward per image.
 
     With more than one head, predictions are saved in ``<save_dir>/<layer>/``.
+    With a ``checkpoint`` whose file holds the first k images' results, scoring
+    starts at image k (the data layer is moved there).
 
     Returns
     -------
@@ -280,10 +292,15 @@ def compute_hists(net, save_dir, dataset, heads):
                 for h in heads]
         for folder in dirs:
             os.makedirs(folder, exist_ok=True)
+    start = 0
+    saved = checkpoint.load(dataset, sizes) if checkpoint is not None else None
+    if saved is not None and _seek_data_layer(net, saved[0]):
+        start, hists, totals = saved
     recording = net.autograd
     net.autograd = False
     try:
-        for idx in progress(dataset, total=len(dataset), desc='scoring'):
+        for done, idx in enumerate(progress(dataset[start:], total=len(dataset) - start,
+                                            desc='scoring'), start + 1):
             net.forward()
             for k, head in enumerate(heads):
                 pred = net.blobs[head.layer].data[0].argmax(0)
@@ -292,10 +309,118 @@ def compute_hists(net, save_dir, dataset, heads):
                     save_label_png(pred, os.path.join(dirs[k], str(idx) + '.png'))
                 if not math.isnan(totals[k]):
                     totals[k] += float(net.blobs[head.loss].data.flat[0])
+            if checkpoint is not None:
+                checkpoint.save(done, hists, totals, final=done == len(dataset))
     finally:
         net.autograd = recording
     count = max(len(dataset), 1)
     return [(hist, total / count) for hist, total in zip(hists, totals)]
+
+
+def _seek_data_layer(net, position):
+    """Make the net's in-order Python data layer read image ``position`` next.
+
+    Returns False (nothing moved) when the net has no such layer: a random one,
+    or none, cannot be resumed in the middle.
+    """
+    if position == 0:
+        return True
+    for layer in net.layers:
+        indices = getattr(layer, 'indices', None)
+        if indices is not None and callable(getattr(layer, 'load_state_dict', None)):
+            if getattr(layer, 'random', False):
+                break
+            layer.load_state_dict({'idx': position % len(indices)})
+            return True
+    print('score.py: the data layer cannot start in the middle of its split; scoring '
+          'from the first image again', file=sys.stderr)
+    return False
+
+
+class ScoreProgress:
+    """Partial scoring results in a JSON file, so that an interrupted run resumes.
+
+    Scoring a split on the CPU takes hours. The file holds the number of images
+    done, the confusion matrices and loss sums so far; it is written atomically
+    (at most every ``every`` seconds, and after the last image). A run with the
+    same ``key`` and image list continues from it, adding the remaining images in
+    the same order, so its results equal an uninterrupted run's exactly. A file
+    saved for another key or list (other arguments, other weights) is ignored.
+
+    Parameters
+    ----------
+    path : str
+    key : dict
+        JSON-able description of what the results depend on (see :func:`run_key`).
+    every : float
+        Seconds between saves; 0 saves after every image.
+    """
+
+    def __init__(self, path, key, every=10.0):
+        self.path = path
+        self.key = json.loads(json.dumps(key))
+        self.every = every
+        self._saved_at = time.monotonic()
+
+    @staticmethod
+    def _digest(ids):
+        return hashlib.sha256('\n'.join(map(str, ids)).encode('utf-8')).hexdigest()
+
+    def load(self, ids, sizes):
+        """(done, hists, totals) saved for this key, these ``ids`` and class counts, or None.
+
+        Call it before :meth:`save`: it also says which image list is scored.
+        """
+        self._ids_digest = self._digest(ids)
+        try:
+            with open(self.path, encoding='utf-8') as f:
+                saved = json.load(f)
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as err:
+            print('score.py: ignoring unreadable %s (%s)' % (self.path, err), file=sys.stderr)
+            return None
+        try:
+            done, totals = int(saved['done']), [float(t) for t in saved['totals']]
+            hists = [np.array(h, np.int64) for h in saved['hists']]
+            fits = saved['key'] == self.key and saved['ids'] == self._ids_digest \
+                and [h.shape for h in hists] == [(n, n) for n in sizes] and 0 < done <= len(ids)
+        except (KeyError, TypeError, ValueError):
+            fits = False
+        if not fits:
+            print('score.py: %s was saved for other arguments or weights; starting over'
+                  % self.path, file=sys.stderr)
+            return None
+        print('score.py: resuming after %d of %d images (%s)' % (done, len(ids), self.path),
+              file=sys.stderr)
+        return done, hists, totals
+
+    def save(self, done, hists, totals, final=False):
+        """Save the results of the first ``done`` images (throttled unless ``final``)."""
+        if not final and time.monotonic() - self._saved_at < self.every:
+            return
+        content = dict(key=self.key, ids=self._ids_digest, done=done,
+                       hists=[np.asarray(h).tolist() for h in hists],
+                       totals=[float(t) for t in totals])
+        with caffe.io.atomic_path(self.path) as tmp, open(tmp, 'w', encoding='utf-8') as f:
+            json.dump(content, f)
+        self._saved_at = time.monotonic()
+
+    def finish(self):
+        """Remove the file: the run's results are written elsewhere."""
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.path)
+
+
+def run_key(args, *paths):
+    """What a command's results depend on: its options and the files' sizes and times."""
+    key = {k: v for k, v in sorted(vars(args).items()) if k not in ('gpu', 'json', 'progress')}
+    files = {}
+    for path in paths:
+        st = os.stat(path)
+        files[os.path.abspath(path)] = [st.st_size, st.st_mtime_ns]
+    key['files'] = files
+    return key
 
 
 def seg_tests(solver, save_format, dataset, layer='score', gt='label'):
@@ -430,8 +555,10 @@ def _choose_ids(layer_ids, split_ids, count, split_file):
 
 
 def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, layer='score',
-              gt='label', loss='loss', split_file=None):
+              gt='label', loss='loss', split_file=None, checkpoint=None):
     """Score a snapshot on its TEST net's data; the net runs from the prototxt's folder.
+
+    ``checkpoint`` (a :class:`ScoreProgress`) saves partial results and resumes.
 
     Returns
     -------
@@ -448,12 +575,14 @@ def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, laye
             raise ValueError('%s has no blob %r' % (prototxt, layer if layer not in net.blobs
                                                     else gt))
         ids = _choose_ids(_data_layer_ids(net), split_ids, count, split_file)
-        hist, mean_loss = compute_hist(net, save_dir, ids, layer, gt, loss)
+        hist, mean_loss = compute_hist(net, save_dir, ids, layer, gt, loss, checkpoint)
     return hist, mean_loss, ids
 
 
-def score_folders(pred_dir, gt_dir, ids, num_classes):
+def score_folders(pred_dir, gt_dir, ids, num_classes, checkpoint=None):
     """Confusion matrix of ``<pred_dir>/<id>.png`` against ``<gt_dir>/<id>.png``.
+
+    ``checkpoint`` (a :class:`ScoreProgress`) saves partial results and resumes.
 
     Raises
     ------
@@ -462,7 +591,12 @@ def score_folders(pred_dir, gt_dir, ids, num_classes):
         outside ``[0, num_classes)``, naming the file.
     """
     hist = np.zeros((num_classes, num_classes), np.int64)
-    for idx in progress(ids, total=len(ids), desc='scoring'):
+    start = 0
+    saved = checkpoint.load(ids, [num_classes]) if checkpoint is not None else None
+    if saved is not None:
+        start, (hist,), _ = saved
+    for done, idx in enumerate(progress(ids[start:], total=len(ids) - start,
+                                        desc='scoring'), start + 1):
         pred_path = os.path.join(pred_dir, idx + '.png')
         gt_path = os.path.join(gt_dir, idx + '.png')
         pred, truth = read_label_png(pred_path), read_label_png(gt_path)
@@ -473,6 +607,8 @@ def score_folders(pred_dir, gt_dir, ids, num_classes):
             raise ValueError('%s predicts class %d, but there are %d classes'
                              % (pred_path, pred.max(), num_classes))
         hist += fast_hist(truth, pred, num_classes)
+        if checkpoint is not None:
+            checkpoint.save(done, [hist], [], final=done == len(ids))
     return hist
 
 
@@ -509,8 +645,15 @@ def parse_args(argv=None):
     parser.add_argument('--count', type=int, help='score the first N images')
     parser.add_argument('--classes', help='a class-name file (one a line), or a count')
     parser.add_argument('--gpu', type=int, help='GPU id (CPU by default)')
+    parser.add_argument('--precision', choices=list(caffe.PRECISIONS), default='fp32',
+                        help="the net's arithmetic: fp32 (Caffe's, default), tf32 (TF32 "
+                             "tensor cores on CUDA) or bf16 (bfloat16 autocast)")
     parser.add_argument('--save-dir', help='write predictions as <id>.png here')
     parser.add_argument('--json', help='write every number to this JSON file')
+    parser.add_argument('--progress', metavar='FILE',
+                        help='save partial results here as scoring goes, and resume from '
+                             'them when the same command runs again (default with --json: '
+                             '<json>.progress)')
     parser.add_argument('--layer', default='score', help='score blob (default %(default)s)')
     parser.add_argument('--gt', default='label', help='label blob (default %(default)s)')
     parser.add_argument('--loss', default='loss', help='loss blob (default %(default)s)')
@@ -541,25 +684,42 @@ def _classes(spec):
     return len(names), names
 
 
+# Seconds between saves of the partial results (--progress).
+PROGRESS_EVERY = 10.0
+
+
+def _checkpoint(args):
+    """The command's ScoreProgress, or None without --progress or --json."""
+    path = args.progress or (args.json + '.progress' if args.json else None)
+    if path is None:
+        return None
+    files = [] if args.pred_dir is not None else [args.prototxt, args.weights]
+    files += [args.split_file] if args.split_file else []
+    # Absolute: the net runs from its prototxt's folder.
+    return ScoreProgress(os.path.abspath(path), run_key(args, *files), PROGRESS_EVERY)
+
+
 def main(argv=None):
     args = parse_args(argv)
     try:
         n, names = _classes(args.classes)
         split_ids = read_split_list(args.split_file) if args.split_file else None
+        checkpoint = _checkpoint(args)
         if args.pred_dir is not None:
             ids = split_ids if split_ids is not None else sorted(
                 f[:-4] for f in os.listdir(args.pred_dir) if f.endswith('.png'))
             if not ids:
                 raise ValueError('%s holds no .png predictions' % args.pred_dir)
-            hist, loss = score_folders(args.pred_dir, args.gt_dir, ids, n), None
+            hist, loss = score_folders(args.pred_dir, args.gt_dir, ids, n, checkpoint), None
             info = dict(pred_dir=args.pred_dir, gt_dir=args.gt_dir)
         else:
             if args.gpu is not None:
                 caffe.set_device(args.gpu)
                 caffe.set_mode_gpu()
+            caffe.set_precision(args.precision)
             hist, loss, ids = score_net(args.prototxt, args.weights, split_ids, args.count,
                                         args.save_dir, args.layer, args.gt, args.loss,
-                                        args.split_file)
+                                        args.split_file, checkpoint)
             if n is not None and n != len(hist):
                 raise ValueError('--classes gives %d classes, blob %r has %d channels'
                                  % (n, args.layer, len(hist)))
@@ -575,6 +735,8 @@ def main(argv=None):
         with caffe.io.atomic_path(args.json) as tmp, open(tmp, 'w', encoding='utf-8') as f:
             json.dump(out, f, indent=1)
             f.write('\n')
+    if checkpoint is not None and not args.progress:
+        checkpoint.finish()  # the JSON holds the results now
     return out
 
 

@@ -23,7 +23,9 @@ every forward are ``randint(0, len - 1)`` of a generator seeded by
 ``random.seed(seed)``. The reference used Python's global generator (under
 Python 2, whose ``randint`` draws differently); these layers use a private
 ``random.Random(seed)``, which gives the same sequence as the global one under
-Python 3 and is not disturbed by other users of ``random``.
+Python 3 and is not disturbed by other users of ``random``. In data-parallel
+training (``torchcaffe.distributed``) rank r of N reads samples r, r + N, r + 2N,
+... of the order one process reads (see ``SegDataLayer._shard``).
 
 Missing folders, split lists and files are found at setup, not hours into
 training. Tops take each sample's own size; the layers have no bottoms and pass
@@ -38,8 +40,10 @@ import weakref
 import numpy as np
 from PIL import Image
 
+import mat5
 import torchcaffe as caffe
 from prefetch import Prefetcher
+from torchcaffe import distributed
 from torchcaffe.errors import CaffeError
 
 __all__ = ['SegDataLayer', 'MultiTopSegDataLayer', 'SampleLoader', 'DataLayerError',
@@ -198,29 +202,41 @@ def check_files_exist(ids, paths, split_file, hint=''):
                                     % (len(missing), len(ids), split_file), missing[0])
 
 
+# Raster formats Pillow decodes itself. Not EPS: Pillow hands those to Ghostscript,
+# and an image file must not run a program.
+IMAGE_FORMATS = ('JPEG', 'PNG', 'BMP', 'PPM', 'TIFF', 'GIF', 'WEBP')  # JPEG includes MPO
+
+
 def open_image(path, what):
-    """``Image.open`` and load, with errors that name the file (``what``: 'image', ...)."""
+    """``Image.open`` and load, with errors that name the file (``what``: 'image', ...).
+
+    Only the formats in ``IMAGE_FORMATS`` are read, whatever the file's name says.
+    """
     if not os.path.isfile(path):
         raise DataFileNotFoundError('%s not found' % what, path)
     im = None
     try:
-        im = Image.open(path)
+        im = Image.open(path, formats=IMAGE_FORMATS)
         im.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         if im is not None:
             im.close()
-        raise DataLayerError('%s: cannot read %s: %s' % (path, what, err)) from err
+        raise DataLayerError('%s: cannot read %s (formats read: %s): %s'
+                             % (path, what, ', '.join(IMAGE_FORMATS), err)) from err
     return im
 
 
 def load_mat(path):
-    """A label MAT file's variables (``scipy.io.loadmat``), with errors that name it."""
-    import scipy.io
+    """A label MAT file's variables, as ``scipy.io.loadmat`` gives them, with errors that name it.
+
+    Read by ``mat5.loadmat`` (pure Python), not scipy: scipy's compiled reader
+    trusts the sizes in the file, and a damaged file can crash the process.
+    """
     if not os.path.isfile(path):
         raise DataFileNotFoundError('label not found', path)
     try:
-        return scipy.io.loadmat(path)
-    except Exception as err:  # scipy raises many types for a bad file
+        return mat5.loadmat(path)
+    except (mat5.MatFileError, OSError) as err:
         raise DataLayerError('%s: cannot read MAT file: %s' % (path, err)) from err
 
 
@@ -345,13 +361,14 @@ class SegDataLayer(caffe.Layer):
         # Evaluation is deterministic: only training splits are shuffled.
         if 'train' not in self.split:
             self.random = False
-        self.idx = 0
+        self._rank, self._ranks = self._shard()
+        self.idx = self._rank % len(self.indices)
         if self.random:
             try:
                 self._rng = random.Random(self.seed)
             except TypeError as err:
                 raise DataLayerError('%s: bad seed %r: %s' % (where, self.seed, err)) from None
-            self.idx = self._rng.randint(0, len(self.indices) - 1)
+            self.idx = self._draw(self._rank + 1)
         self._loaded_idx = None
 
         self.close()  # a second setup replaces the first one's thread
@@ -409,14 +426,33 @@ class SegDataLayer(caffe.Layer):
         for blob, array in zip(top, self.sample):
             blob.data[...] = array
         if self.random:
-            self.idx = self._rng.randint(0, len(self.indices) - 1)
+            self.idx = self._draw(self._ranks)
         else:
-            self.idx = (self.idx + 1) % len(self.indices)
+            self.idx = (self.idx + self._ranks) % len(self.indices)
         if self._prefetcher is not None and self.idx != self._loaded_idx:
             self._prefetcher.submit(self.idx, self.indices[self.idx])
 
     def backward(self, top, propagate_down, bottom):
         """Data layers pass no gradient."""
+
+    def _shard(self):
+        """(rank, ranks): this layer reads every ``ranks``-th sample, from the ``rank``-th.
+
+        In data-parallel training (``torchcaffe.distributed``) rank r of N takes
+        samples r, r + N, r + 2N, ... of the sequence one process would read (in
+        order, or drawn from the seeded generator, which every rank runs), so the N
+        ranks together read what one process with N times the ``iter_size`` reads.
+        Test nets read everything: rank 0 alone scores.
+        """
+        if getattr(self, 'phase', None) != caffe.TRAIN:
+            return 0, 1
+        return distributed.rank(), distributed.world_size()
+
+    def _draw(self, n):
+        """The last of ``n`` random positions drawn (the reference draws one per sample)."""
+        for _ in range(n):
+            idx = self._rng.randint(0, len(self.indices) - 1)
+        return idx
 
     def _load_current(self):
         if self._loaded_idx == self.idx:

@@ -2,6 +2,7 @@
 
     python solve.py voc-fcn32s --gpu 0
     python solve.py voc-fcn8s --gpu 0 --resume latest
+    torchrun --nproc_per_node=4 solve.py voc-fcn8s --gpu 0   # 4 GPUs (GPU LOCAL_RANK each)
 
 The same as running the folder's own ``solve.py`` (``cd voc-fcn32s && python solve.py``):
 its arguments follow the folder name.

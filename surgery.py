@@ -313,9 +313,10 @@ def expand_input(new_net, new_layer, net, layer):
 def _download_hint(weights, source):
     url = source.download_url()
     name = os.path.basename(source.weights)
-    return ('%s weights not found: %s\nDownload %s (%s) from\n  %s\ne.g. "wget -P ilsvrc-nets '
-            '%s", or pass --weights PATH.'
-            % (source.title, weights, name, source.fingerprint, url, url))
+    # One line: command-line errors are one line on stderr.
+    return ('%s weights not found: %s; download %s (%s) from %s, e.g. "wget -P ilsvrc-nets '
+            '%s", or pass --weights PATH' % (source.title, weights, name, source.fingerprint,
+                                             url, url))
 
 
 def _check_loaded(net, weights, classifier_prototxt):

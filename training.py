@@ -7,7 +7,10 @@ name), set the upsampling layers to bilinear interpolation, then alternate
 
     python voc-fcn32s/solve.py --gpu 0
     python voc-fcn32s/solve.py --gpu 0 --resume snapshot/train_iter_8000.solverstate
+    python voc-fcn32s/solve.py --gpu 0 --resume latest   # the newest complete snapshot
+    python voc-fcn32s/solve.py --gpu 0 --precision bf16   # mixed precision, not Caffe's
     python solve.py voc-fcn32s --gpu 0              # the same, from the repository root
+    torchrun --nproc_per_node=4 solve.py voc-fcn32s --gpu 0   # data-parallel on 4 GPUs
 
 Everything runs inside the model folder, as the reference's did, so the prototxts'
 relative paths (``../data/...``, ``snapshot/train``) resolve. (This module is not named
@@ -23,6 +26,7 @@ import re
 import sys
 
 import torchcaffe as caffe
+from torchcaffe import distributed, resume_state
 
 import score
 import surgery
@@ -59,8 +63,29 @@ def snapshot_dir(solver_file='solver.prototxt'):
     return folder
 
 
+def snapshot_problem(state_file, iteration):
+    """Why the snapshot of ``state_file`` is incomplete, or None when it is complete.
+
+    Complete means its caffemodel (Caffe's name for it: ``X.solverstate`` ->
+    ``X.caffemodel``, ``.h5`` alike) and its up-to-date ``.resume.json`` sidecar
+    exist. The solver writes the state last, so a run killed mid-snapshot leaves
+    no state; a state without its other files comes from elsewhere (an older
+    writer, a copy, Caffe itself, which writes no sidecar).
+    """
+    model = re.sub(r'\.solverstate(\.h5)?$', r'.caffemodel\1', state_file)
+    if not os.path.isfile(model) or not os.path.getsize(model):
+        return 'no caffemodel %s' % model
+    if not resume_state.is_current(resume_state.read(state_file), iteration):
+        return 'no up-to-date %s' % resume_state.path_for(state_file)
+    return None
+
+
 def latest_solverstate(folder):
-    """The solverstate with the highest iteration in ``folder``, or None.
+    """The newest complete snapshot's solverstate in ``folder``, or None.
+
+    Incomplete snapshots (see :func:`snapshot_problem`) are skipped with a
+    warning; when none is complete, the newest solverstate is returned anyway
+    (a Caffe snapshot has no sidecar: it resumes, only not exactly).
 
     >>> latest_solverstate('/nonexistent') is None
     True
@@ -70,7 +95,26 @@ def latest_solverstate(folder):
         m = re.search(r'_iter_(\d+)\.solverstate(\.h5)?$', path)
         if m:
             found.append((int(m.group(1)), path))
+    for iteration, path in sorted(found, reverse=True):
+        problem = snapshot_problem(path, iteration)
+        if problem is None:
+            return path
+        log.warning('Not resuming from %s: %s', path, problem)
     return max(found)[1] if found else None
+
+
+def remove_stale_temp_files(prefix):
+    """Delete the temporary files a killed run left beside its snapshots.
+
+    Snapshots are written to ``.<name>.<random>.tmp`` and renamed; a run killed
+    between the two leaves the temporary file (as big as a snapshot) behind.
+    """
+    folder, name = os.path.split(prefix)
+    for path in glob.glob(os.path.join(glob.escape(folder or '.'),
+                                       '.%s_iter_*.tmp' % glob.escape(name))):
+        log.info('Removing %s, left by an interrupted snapshot', path)
+        with contextlib.suppress(OSError):
+            os.remove(path)
 
 
 def up_layers(net):
@@ -99,6 +143,8 @@ def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt', ini
     """
     folder = snapshot_dir(solver_file)
     solver = caffe.SGDSolver(solver_file)
+    if solver.param.snapshot_prefix:
+        remove_stale_temp_files(solver.param.snapshot_prefix)
     if resume == 'latest':
         resume = latest_solverstate(folder or '.')
         if resume is None:
@@ -161,6 +207,8 @@ def train(solver, max_iter, test_every, val, save_format=False, names=None, head
     results = []
     while solver.iter < max_iter:
         solver.step(min(test_every, max_iter - solver.iter))
+        if not distributed.is_main():
+            continue  # rank 0 alone scores; the others wait in the next step
         solver.test_nets[0].share_with(solver.net)
         if heads is None:
             hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
@@ -179,7 +227,8 @@ def train(solver, max_iter, test_every, val, save_format=False, names=None, head
 def parse_args(argv, description, test_every=4000):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument('--gpu', type=int, default=None,
-                        help='GPU id (default: CPU)')
+                        help='GPU id (default: CPU); under torchrun, GPU mode with each '
+                             'process on GPU LOCAL_RANK')
     parser.add_argument('--weights', default=None,
                         help='initial weights (default: the previous stage, as the reference)')
     parser.add_argument('--resume', default=None,
@@ -189,6 +238,10 @@ def parse_args(argv, description, test_every=4000):
     parser.add_argument('--max-iter', type=int, default=None,
                         help="stop here (default: the reference's schedule, else the "
                              "solver's max_iter)")
+    parser.add_argument('--precision', choices=list(caffe.PRECISIONS), default='fp32',
+                        help="arithmetic: fp32 (Caffe's, default), tf32 (TF32 tensor cores "
+                             "on CUDA) or bf16 (bfloat16 autocast, float32 weights and "
+                             "updates)")
     return parser.parse_args(argv)
 
 
@@ -220,14 +273,21 @@ def main(model_dir, default_weights, argv=None, test_every=4000, max_iter=None, 
         # One clear line, not a traceback: these are problems with files and data.
         print('%s: error: %s' % (os.path.basename(model_dir), err), file=sys.stderr)
         return 1
+    finally:
+        distributed.shutdown()  # leave torchrun's process group, if one was joined
 
 
 def _run(model_dir, default_weights, args, max_iter=None, heads=None, init=None):
-    set_device(args.gpu)
+    parallel = distributed.from_torchrun()  # torchrun --nproc_per_node=N: data-parallel
+    set_device(distributed.local_rank() if parallel and args.gpu is not None else args.gpu)
+    caffe.set_precision(args.precision)
+    if parallel:
+        distributed.init()
     with working_dir(model_dir):
         weights = args.weights if args.weights is not None else default_weights
         solver = prepare_solver(weights=None if args.resume else weights, resume=args.resume,
                                 init=init)
+        distributed.attach(solver)  # rank 0's weights everywhere; diffs averaged
         max_iter = args.max_iter or max_iter or solver.param.max_iter
         try:
             train(solver, max_iter, args.test_every, val_ids(solver), heads=heads)

@@ -26,10 +26,12 @@ if ROOT not in sys.path:
 
 import torchcaffe as caffe  # noqa: E402
 from torchcaffe import caffe_pb2  # noqa: E402
+import surgery  # noqa: E402
 from nets import voc  # noqa: E402
 from benchmarks.fcn_module import FCN, load_from_net, softmax_loss, count_macs  # noqa: E402
 
 STAGE = 'fcn8s'
+UPSAMPLERS = ('upscore2', 'upscore_pool4', 'upscore8')
 CLASSES = 21
 DEFAULT_SIZE = {'cuda': (500, 500), 'cpu': (256, 256)}
 
@@ -87,12 +89,14 @@ def make_nets(args, shape):
         for blob in blobs:
             fan_in = max(1, int(np.prod(blob.data.shape[1:])))
             blob.data[...] = rng.normal(0, np.sqrt(2.0 / fan_in), blob.data.shape)
+    # The upsamplers are fixed bilinear kernels, as every solve.py sets them.
+    surgery.interp(train, UPSAMPLERS)
     deploy = caffe.Net(nets['deploy'], caffe.TEST)
     deploy.blobs['data'].reshape(*shape)
     deploy.share_with(train)
     module = FCN(STAGE, classes=CLASSES, width=args.width)
     load_from_net(module, train)
-    for name in ('upscore2', 'upscore_pool4', 'upscore8'):  # lr_mult 0 in the prototxt
+    for name in UPSAMPLERS:  # lr_mult 0 in the prototxt
         getattr(module, name).weight.requires_grad_(False)
     return deploy, train, module.to(args.device)
 

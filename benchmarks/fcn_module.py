@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ['scaled', 'FCN', 'VGG16', 'STAGES', 'caffe_params', 'load_from_net',
-           'softmax_loss', 'count_macs']
+__all__ = ['scaled', 'FCN', 'VGG16', 'STAGES', 'caffe_params', 'load_from_net', 'load_arrays',
+           'bilinear_weight', 'freeze_fixed', 'caffe_sgd', 'softmax_loss', 'count_macs']
 
 # VGG16's five blocks as (convolutions, num_output), and its fully connected width.
 BLOCKS = ((2, 64), (2, 128), (3, 256), (3, 512), (3, 512))
@@ -69,9 +69,32 @@ def crop(x, offset, like):
 
 
 def upsampler(classes, factor):
-    """A bias-free transposed convolution upsampling by ``factor`` (kernel 2f - f % 2)."""
-    return nn.ConvTranspose2d(classes, classes, 2 * factor - factor % 2, stride=factor,
-                              bias=False)
+    """A bias-free transposed convolution upsampling by ``factor`` (kernel 2f - f % 2),
+    initialised to bilinear interpolation of each channel (see :func:`bilinear_weight`)."""
+    up = nn.ConvTranspose2d(classes, classes, 2 * factor - factor % 2, stride=factor,
+                            bias=False)
+    with torch.no_grad():
+        up.weight.copy_(bilinear_weight(classes, up.kernel_size[0]))
+    return up
+
+
+def bilinear_weight(channels, size):
+    """A ``channels x channels x size x size`` upsampling weight: bilinear on the diagonal.
+
+    Channel ``i`` is interpolated from channel ``i`` alone (the FCN reference's
+    ``surgery.interp``); the kernel is the outer product of the 1-D tent
+    ``1 - |x - c| / f`` with ``f = ceil(size / 2)`` and ``c`` the kernel's centre
+    (half a pixel off for even sizes).
+
+    >>> bilinear_weight(1, 4)[0, 0, 0]
+    tensor([0.0625, 0.1875, 0.1875, 0.0625])
+    """
+    factor = (size + 1) // 2
+    centre = factor - 1 if size % 2 == 1 else factor - 0.5
+    tent = 1 - (torch.arange(size, dtype=torch.float64) - centre).abs() / factor
+    weight = torch.zeros(channels, channels, size, size, dtype=torch.float64)
+    weight[range(channels), range(channels)] = torch.outer(tent, tent)
+    return weight.float()
 
 
 class ChannelScale(nn.Module):
@@ -260,17 +283,26 @@ def load_from_net(module, net):
         When the net lacks one of the module's layers, has a different number of
         blobs for it, or a blob of a different shape.
     """
+    return load_arrays(module, {layer: [blob.data for blob in blobs]
+                                for layer, blobs in net.params.items()})
+
+
+def load_arrays(module, arrays):
+    """Copy every parameter of ``module`` from ``arrays``: layer name -> [array, ...].
+
+    As :func:`load_from_net`, from plain arrays in Caffe's blob order (e.g. read
+    from a caffemodel), so a module can be loaded without building a Net.
+    """
     names = {id(p): n for n, p in module.named_parameters()}
     lines = []
     for layer, tensors in caffe_params(module).items():
-        if layer not in net.params:
+        if layer not in arrays:
             raise KeyError('net has no params for layer %r' % layer)
-        blobs = net.params[layer]
+        blobs = arrays[layer]
         if len(blobs) != len(tensors):
             raise ValueError('layer %r: net has %d blobs, module %d'
                              % (layer, len(blobs), len(tensors)))
-        for i, (blob, tensor) in enumerate(zip(blobs, tensors)):
-            data = blob.data
+        for i, (data, tensor) in enumerate(zip(blobs, tensors)):
             if tuple(data.shape) != tuple(tensor.shape):
                 raise ValueError('layer %r blob %d: net shape %s, module %s (%s)'
                                  % (layer, i, tuple(data.shape), tuple(tensor.shape),
@@ -279,6 +311,35 @@ def load_from_net(module, net):
                 tensor.copy_(torch.as_tensor(data.copy()))
             lines.append('%s[%d] %s -> %s' % (layer, i, tuple(data.shape), names[id(tensor)]))
     return lines
+
+
+def freeze_fixed(module):
+    """Stop gradients to the upsamplers and at-once Scales (``lr_mult: 0`` in the
+    prototxts, so Caffe computes no diff for them). Returns the frozen tensors."""
+    frozen = [p for m in module.modules() if isinstance(m, (nn.ConvTranspose2d, ChannelScale))
+              for p in m.parameters(recurse=False)]
+    for param in frozen:
+        param.requires_grad_(False)
+    return frozen
+
+
+def caffe_sgd(module, base_lr, momentum, weight_decay):
+    """torch SGD with the FCN prototxts' multipliers, as ports set it up.
+
+    Weights learn at ``base_lr`` with ``weight_decay``, biases at twice the rate
+    without decay (``lr_mult: 2 decay_mult: 0``), and the upsamplers and at-once
+    Scales (``lr_mult: 0``) are frozen. With a fixed rate torch's momentum update
+    (v = m v + g; w -= lr v) takes the same steps as Caffe's (v = m v + lr g; w -= v).
+    """
+    freeze_fixed(module)
+    weights, biases = [], []
+    for layer in module.modules():
+        for kind, param in layer.named_parameters(recurse=False):
+            if param.requires_grad:
+                (biases if kind == 'bias' else weights).append(param)
+    return torch.optim.SGD([dict(params=weights, weight_decay=weight_decay),
+                            dict(params=biases, lr=2 * base_lr, weight_decay=0.0)],
+                           lr=base_lr, momentum=momentum)
 
 
 def softmax_loss(score, label):

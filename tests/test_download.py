@@ -156,10 +156,13 @@ def test_a_body_shorter_than_content_length_leaves_the_good_file_and_resumes_lat
     assert 'run the same command again to resume' in message
     assert (folder / NAME).read_bytes() == b'the old good file'
     assert (folder / (NAME + '.part')).read_bytes() == PAYLOAD[:700_000]
+    assert not (folder / 'caffemodel-sha256').exists()  # nothing recorded from a partial file
     server.cut_after = None
     assert run(folder, '--force') == 0
     assert server.requests[-1] == 'bytes=700000-'
     assert (folder / NAME).read_bytes() == PAYLOAD
+    assert download.read_checksums(str(folder / 'caffemodel-sha256')) == {
+        NAME: (sha256(PAYLOAD), len(PAYLOAD))}  # recorded once the whole file is there
 
 
 def test_unreachable_host_fails_in_one_line_suggesting_manual_placement(tmp_path):

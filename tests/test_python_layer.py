@@ -4,6 +4,7 @@ The layers under test are written into a module in a temporary directory that is
 on ``sys.path``, as a model folder's ``<dataset>_layers.py`` is found by Caffe.
 """
 import importlib
+import os
 import sys
 import textwrap
 import uuid
@@ -15,6 +16,7 @@ from google.protobuf import text_format
 
 import torchcaffe as caffe
 from torchcaffe import blob as blob_module
+from torchcaffe import python_layer
 from torchcaffe.errors import CaffeError
 
 LAYERS = '''
@@ -129,6 +131,7 @@ def layers(tmp_path, monkeypatch):
     name = 'test_layers_%s' % uuid.uuid4().hex[:8]
     (tmp_path / (name + '.py')).write_text(LAYERS)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('TORCHCAFFE_PYTHON_LAYER_PATH', str(tmp_path))  # allow its folder
     module = importlib.import_module(name)
     yield module
     sys.modules.pop(name, None)
@@ -282,3 +285,137 @@ def test_bad_python_param_names_the_layer(layers, module, cls, message):
                 python_param { module: "%s" layer: "%s" } }''' % (module, cls)
     with pytest.raises(CaffeError, match=message):
         make_net(text, layers)
+
+
+# ---------------------------------------------------------------- files never run code
+
+MARKED = '''
+import os
+import torchcaffe as caffe
+
+open(os.path.join(os.path.dirname(os.path.abspath(__file__)), 'RAN'), 'w').close()
+
+
+class Echo(caffe.Layer):
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = bottom[0].data
+'''
+
+ECHO_NET = '''
+layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 } } }
+layer { name: "echo" type: "Python" bottom: "x" top: "y"
+        python_param { module: "MODULE" layer: "Echo" } }
+'''
+
+
+@pytest.fixture
+def outside(tmp_path, monkeypatch):
+    """(folder, module name): a layers module on sys.path that marks the folder when run."""
+    monkeypatch.delenv(python_layer.ENV_VAR, raising=False)
+    monkeypatch.setattr(python_layer, '_allowed', [])
+    folder = tmp_path / 'elsewhere'
+    folder.mkdir()
+    name = 'outside_layers_%s' % uuid.uuid4().hex[:8]
+    (folder / (name + '.py')).write_text(MARKED)
+    monkeypatch.syspath_prepend(str(folder))
+    yield folder, name
+    sys.modules.pop(name, None)
+
+
+def echo_param(name):
+    return text_format.Parse(ECHO_NET.replace('MODULE', name), caffe.caffe_pb2.NetParameter())
+
+
+def test_a_standard_library_module_is_refused_naming_layer_module_and_remedy():
+    text = '''
+        layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 1 } } }
+        layer { name: "pwn" type: "Python" bottom: "x" top: "y"
+                python_param { module: "os" layer: "system" param_str: "touch /tmp/x" } }'''
+    param = text_format.Parse(text, caffe.caffe_pb2.NetParameter())
+    with pytest.raises(CaffeError) as info:
+        caffe.Net(param, caffe.TEST)
+    message = str(info.value)
+    for part in ("layer 'pwn'", "module 'os'", "'os' is ", python_layer.ENV_VAR,
+                 'allow_python_layers_from'):
+        assert part in message
+
+
+def test_a_module_outside_the_allowed_folders_is_refused_before_it_runs(outside):
+    folder, name = outside
+    with pytest.raises(CaffeError, match="'echo'.*%s.*found at %s" % (name, folder)):
+        caffe.Net(echo_param(name), caffe.TEST)
+    assert not (folder / 'RAN').exists()
+    assert name not in sys.modules
+
+
+def test_a_package_outside_is_refused_before_its_init_runs(outside, tmp_path, monkeypatch):
+    folder, _ = outside
+    package = folder / ('outside_pkg_%s' % uuid.uuid4().hex[:8])
+    package.mkdir()
+    (package / '__init__.py').write_text(MARKED.replace("'RAN'", "'..', 'RAN'"))
+    (package / 'layers.py').write_text(MARKED)
+    with pytest.raises(CaffeError, match='refusing'):
+        caffe.Net(echo_param(package.name + '.layers'), caffe.TEST)
+    assert not (folder / 'RAN').exists() and not (package / 'RAN').exists()
+
+
+def test_a_module_already_imported_from_outside_is_still_refused(outside):
+    folder, name = outside
+    importlib.import_module(name)
+    with pytest.raises(CaffeError, match='found at %s' % folder):
+        caffe.Net(echo_param(name), caffe.TEST)
+
+
+def test_the_environment_variable_allows_a_folder(outside, monkeypatch):
+    folder, name = outside
+    monkeypatch.setenv(python_layer.ENV_VAR, os.pathsep.join(['/nonexistent', str(folder)]))
+    net = caffe.Net(echo_param(name), caffe.TEST)
+    np.testing.assert_array_equal(net.forward(x=np.array([1., 2.]))['y'], [1, 2])
+    assert (folder / 'RAN').exists()
+
+
+def test_allow_python_layers_from_allows_a_folder(outside):
+    folder, name = outside
+    caffe.allow_python_layers_from(folder)
+    caffe.Net(echo_param(name), caffe.TEST)
+    assert (folder / 'RAN').exists()
+    with pytest.raises(CaffeError, match='not a folder'):
+        caffe.allow_python_layers_from(folder / name)
+
+
+def test_the_prototxt_folder_is_allowed_for_its_own_net_only(outside):
+    folder, name = outside
+    path = folder / 'deploy.prototxt'
+    path.write_text(ECHO_NET.replace('MODULE', name))
+    caffe.Net(str(path), caffe.TEST)  # the model folder's own layers module
+    assert (folder / 'RAN').exists()
+    with pytest.raises(CaffeError, match='refusing'):  # not once that net is made
+        caffe.Net(echo_param(name), caffe.TEST)
+
+
+def test_a_solver_allows_its_net_files_folder(outside):
+    folder, name = outside
+    path = folder / 'train.prototxt'
+    path.write_text(ECHO_NET.replace('MODULE', name))
+    solver = caffe.SGDSolver(caffe.caffe_pb2.SolverParameter(
+        net=str(path), base_lr=0.1, lr_policy='fixed', max_iter=1))
+    assert list(solver.net.blobs) == ['x', 'y']
+
+
+def test_installed_packages_need_an_explicit_allowance(outside, monkeypatch):
+    folder, _ = outside
+    site = folder / 'venv' / 'site-packages'
+    site.mkdir(parents=True)
+    name = 'installed_layers_%s' % uuid.uuid4().hex[:8]
+    (site / (name + '.py')).write_text(MARKED)
+    monkeypatch.syspath_prepend(str(site))
+    with python_layer.net_folder(folder):  # a prototxt folder holding a virtualenv
+        with pytest.raises(CaffeError, match='refusing'):
+            caffe.Net(echo_param(name), caffe.TEST)
+        monkeypatch.setenv(python_layer.ENV_VAR, str(site))
+        caffe.Net(echo_param(name), caffe.TEST)
+    sys.modules.pop(name, None)
+

@@ -120,6 +120,7 @@ def known(tmp_path, monkeypatch):
     name = 'known_layers_%s' % uuid.uuid4().hex[:8]
     (tmp_path / (name + '.py')).write_text(KNOWN_LAYER)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('TORCHCAFFE_PYTHON_LAYER_PATH', str(tmp_path))  # allow its folder
     module = importlib.import_module(name)
 
     def make_net(identity=True, phase=caffe.TEST):

@@ -106,7 +106,9 @@ def layers(tmp_path_factory):
     (where / (name + '.py')).write_text(LAYERS)
     sys.path.insert(0, str(where))
     module = importlib.import_module(name)
-    yield module
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('TORCHCAFFE_PYTHON_LAYER_PATH', str(where))  # allow its folder
+        yield module
     sys.path.remove(str(where))
     sys.modules.pop(name, None)
 
@@ -717,6 +719,7 @@ def test_narrow_fcn32s_trains_two_steps(tmp_path, monkeypatch):
     name = 'fcn_data_%s' % uuid.uuid4().hex[:8]
     (tmp_path / (name + '.py')).write_text(FCN_DATA)
     monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('TORCHCAFFE_PYTHON_LAYER_PATH', str(tmp_path))  # allow its folder
     net = voc.stage_nets('fcn32s', classes=4, width=1 / 16)['train']
     data = net.layer[0]
     assert data.type == 'Python'

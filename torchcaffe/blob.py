@@ -14,6 +14,8 @@ gradient each backward computes. Params keep one tensor for life: the net trains
 through an alias of it whose ``.grad`` is the diff tensor, so that gradients
 accumulate in place until the solver clears them.
 """
+import weakref
+
 import numpy as np
 import torch
 
@@ -37,25 +39,39 @@ class Memory:
 
     ``head`` says which side is newest: DEVICE (the tensor), HOST (the mirror, which
     the user may have written) or SYNCED. Without a mirror only the tensor exists.
+
+    ``writes`` counts the changes torch's version counter does not see: a new tensor
+    bound, a host copy pushed, a writable numpy view handed out. ``views`` holds weak
+    references to the numpy views of an unmirrored tensor, which can write into it
+    at any time while they live.
     """
-    __slots__ = ('tensor', 'host', 'head', 'mirrored')
+    __slots__ = ('tensor', 'host', 'head', 'mirrored', 'writes', 'views')
 
     def __init__(self, tensor=None, mirrored=False):
         self.tensor = tensor
         self.host = None
         self.head = DEVICE
         self.mirrored = mirrored
+        self.writes = 0
+        self.views = []
 
     def set(self, tensor):
         """Bind a tensor computed on the device; the host mirror goes stale."""
         self.tensor = tensor
         self.head = DEVICE
+        self.writes += 1
 
     def array(self):
         """The numpy view (CPU) or the up-to-date host mirror, marked newest."""
         t = self.tensor
         if not self.mirrored:
-            return t.detach().numpy()
+            if t.dtype in HOST_DTYPES:  # a copy: numpy has no bfloat16
+                return t.detach().to(HOST_DTYPES[t.dtype]).numpy()
+            view = t.detach().numpy()
+            self.writes += 1
+            self.views = [r for r in self.views if r() is not None]
+            self.views.append(weakref.ref(view))
+            return view
         host = self.host
         fits = host is not None and host.shape == tuple(t.shape) \
             and host.dtype == _numpy_dtype(t.dtype)
@@ -82,6 +98,7 @@ class Memory:
                 t.detach().copy_(torch.from_numpy(host))
             copy_counts['to_device'] += 1
             self.head = SYNCED
+            self.writes += 1
         return t
 
     def move(self, dev, dtype):
@@ -94,6 +111,7 @@ class Memory:
         t = self.tensor
         if t.device != dev or t.dtype != dtype:
             self.tensor = t.detach().to(dev, dtype, copy=True)
+            self.writes += 1
         self.host = None
         self.head = DEVICE
         self.mirrored = needs_mirror(dev)
@@ -108,11 +126,16 @@ class Memory:
 
 _NUMPY_DTYPES = {}
 
+# Tensors numpy cannot hold, and the dtype their arrays have instead: blobs computed
+# under bfloat16 autocast (mode.set_precision('bf16')) read as float32.
+HOST_DTYPES = {torch.bfloat16: torch.float32}
+
 
 def _numpy_dtype(dtype):
     np_dtype = _NUMPY_DTYPES.get(dtype)
     if np_dtype is None:
-        np_dtype = _NUMPY_DTYPES[dtype] = torch.empty((), dtype=dtype).numpy().dtype
+        host = HOST_DTYPES.get(dtype, dtype)
+        np_dtype = _NUMPY_DTYPES[dtype] = torch.empty((), dtype=host).numpy().dtype
     return np_dtype
 
 
@@ -120,7 +143,8 @@ def _host_like(t):
     """An uninitialised host array for tensor ``t``: pinned for CUDA, so that copies
     both ways run at full speed."""
     if t.is_cuda:
-        return torch.empty(tuple(t.shape), dtype=t.dtype, pin_memory=True).numpy()
+        return torch.empty(tuple(t.shape), dtype=HOST_DTYPES.get(t.dtype, t.dtype),
+                           pin_memory=True).numpy()
     return np.empty(tuple(t.shape), _numpy_dtype(t.dtype))
 
 
@@ -278,6 +302,28 @@ class Blob:
             m.head = HOST
         else:
             m.tensor.detach().numpy()[...] = array
+            m.writes += 1
+
+    def data_token(self):
+        """A token that changes whenever the data may have changed; None when that
+        cannot be known.
+
+        Layers cache what they derive from a param's values under it (the
+        Deconvolution fast path's diagonal check). It is ``(memory, tensor, writes,
+        version)``: the first two compare by identity, the rest by value (see
+        :class:`Memory` for ``writes``; ``version`` is torch's counter of in-place
+        ops, which the solver's update bumps). None while a numpy view of CPU data
+        is alive, since writes through it reach the tensor unseen.
+        """
+        m = self._data
+        t = m.tensor
+        if t is None:
+            return None
+        if m.views:
+            m.views = [r for r in m.views if r() is not None]
+            if m.views:
+                return None
+        return (m, t, m.writes, t._version)
 
     # ---- internals -------------------------------------------------------------------
 
@@ -285,6 +331,7 @@ class Blob:
         """Give memory ``m`` zeros of the blob's shape (on the host side if mirrored)."""
         shape = self.shape
         dtype = self._dtype if self._data.tensor is None else self._data.tensor.dtype
+        dtype = HOST_DTYPES.get(dtype, dtype)  # so that numpy writes reach it
         m.tensor = torch.zeros(shape, dtype=dtype, device=self._device)
         if m.mirrored:  # both sides start at zero: nothing to copy either way
             m.host = _host_like(m.tensor)

@@ -52,3 +52,24 @@ class ShapeError(CaffeError, ValueError):
 
 class UnknownLayerError(CaffeError, ValueError):
     """A layer's type has no implementation; the message names the layer and lists known types."""
+
+
+class NetGraphError(CaffeError, ValueError):
+    """The layers do not wire up: a bottom no earlier layer produces, a top produced
+    twice (other than in place), or a wrong number of bottoms or tops; the message
+    names the layer and the blob."""
+
+
+class NetMismatchError(CaffeError, ValueError):
+    """Saved weights or a solver state do not fit the net they are loaded into (blob
+    count or shape): a file made for another net. The message names the file, the
+    layer and both shapes."""
+
+
+class LabelError(CaffeError, ValueError):
+    """A label value is neither a class of the scores nor the ignore label (Caffe's
+    SoftmaxWithLoss CHECKs it); the message names the layer and the value."""
+
+
+class SnapshotError(CaffeError, OSError):
+    """Snapshots cannot be written where the solver's ``snapshot_prefix`` points."""

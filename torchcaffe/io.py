@@ -21,9 +21,11 @@ all raise ``FormatError``. Cutting a file exactly between two top-level fields (
 layers) still leaves a valid, shorter message; no format-level check can see that.
 """
 import contextlib
+import math
 import os
 import re
 import tempfile
+import time
 
 import h5py
 import numpy as np
@@ -65,12 +67,25 @@ def _fsync(path):
         os.close(fd)
 
 
+# Tests only (tests/test_crash_resume.py): seconds to wait between a temporary file's
+# fsync and its rename, so that a kill can land while a snapshot is half written.
+_PAUSE_ENV = 'TORCHCAFFE_TEST_PAUSE_BEFORE_RENAME'
+
+
+def _pause_before_rename():
+    pause = os.environ.get(_PAUSE_ENV)
+    if pause:
+        time.sleep(float(pause))
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success move it over ``path``.
 
     The temporary file is fsynced before ``os.replace``; if the block raises, the
-    temporary file is removed and ``path`` keeps its old content.
+    temporary file is removed and ``path`` keeps its old content. An ``OSError``
+    that names no file (``write`` or ``fsync`` failing with ENOSPC or EIO) is
+    raised again naming ``path``, with the same errno.
     """
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
@@ -81,10 +96,13 @@ def atomic_path(path):
         yield tmp
         _fsync(tmp)
         os.chmod(tmp, _new_file_mode(path))
+        _pause_before_rename()
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(OSError):
             os.remove(tmp)
+        if isinstance(error, OSError) and error.errno is not None and error.filename is None:
+            raise OSError(error.errno, error.strerror, path) from error
         raise
     with contextlib.suppress(OSError):  # make the rename itself durable
         _fsync(directory)
@@ -216,7 +234,26 @@ def _parse_binary(data, message_type):
     missing = message.FindInitializationErrors()
     if missing:
         return None, 'missing required fields: %s' % ', '.join(missing)
+    bad = _bad_string(message)
+    if bad:
+        return None, 'string field %s is not UTF-8' % bad
     return message, None
+
+
+def _bad_string(message, prefix=''):
+    """The first string field whose bytes are not UTF-8 (protobuf hands those out as bytes)."""
+    for field, value in message.ListFields():
+        name = prefix + field.name
+        values = value if field.is_repeated else [value]
+        if field.type == field.TYPE_STRING:
+            if any(isinstance(v, bytes) for v in values):
+                return name
+        elif field.type == field.TYPE_MESSAGE:
+            for i, item in enumerate(values):
+                bad = _bad_string(item, '%s[%d].' % (name, i))
+                if bad:
+                    return bad
+    return None
 
 
 def _read_binary(path, message_type, kind, other_type, other_kind):
@@ -233,10 +270,17 @@ def _read_binary(path, message_type, kind, other_type, other_kind):
     return message
 
 
+def _blob_count(shape, path, where):
+    """The value count of ``shape``, in Python ints (no int64 overflow to a small count)."""
+    if any(d < 0 for d in shape):
+        raise FormatError(path, '%s: negative dimension in shape %s' % (where, shape))
+    return math.prod(shape)
+
+
 def _check_blob(blob, path, where):
     if is_placeholder_blob(blob):
         return
-    count = int(np.prod(blob_shape(blob), dtype=np.int64))
+    count = _blob_count(blob_shape(blob), path, where)
     for name, values in (('data', len(blob.double_data) or len(blob.data)),
                          ('diff', len(blob.double_diff) or len(blob.diff))):
         if (name == 'data' or values) and values != count:
@@ -318,9 +362,31 @@ def _open_h5(path):
         raise FormatError(path, 'not a readable HDF5 file (%s)' % e) from None
 
 
+# What h5py raises when HDF5 finds the file's structure damaged while reading it.
+_H5_ERRORS = (OSError, RuntimeError, KeyError, ValueError, TypeError, IndexError)
+
+
+@contextlib.contextmanager
+def _reading_h5(path):
+    """The open file; HDF5's errors about damaged structure become ``FormatError``."""
+    f = _open_h5(path)
+    try:
+        with f:
+            yield f
+    except FormatError:
+        raise
+    except _H5_ERRORS as e:
+        raise FormatError(path, 'damaged HDF5 file (%s: %s)' % (type(e).__name__, e)) from None
+
+
 def _h5_get(parent, name, path, want_group):
-    item = parent.get(name)
     kind = 'group' if want_group else 'dataset'
+    link = parent.get(name, getlink=True)
+    if link is not None and not isinstance(link, h5py.HardLink):
+        # A soft or external link would make reading this file read another one.
+        raise FormatError(path, 'HDF5 item "%s/%s" is a %s, not a %s'
+                          % (parent.name.rstrip('/'), name, type(link).__name__, kind))
+    item = parent.get(name)
     if item is None:
         raise FormatError(path, 'missing HDF5 %s "%s/%s"' % (kind, parent.name.rstrip('/'), name))
     if not isinstance(item, h5py.Group if want_group else h5py.Dataset):
@@ -328,10 +394,26 @@ def _h5_get(parent, name, path, want_group):
     return item
 
 
+# Deflate, the strongest filter h5py has built in, shrinks data at most ~1032 times.
+_MAX_COMPRESSION = 1100
+
+
+def _h5_read(dataset, path):
+    """The dataset's values, once its declared size is backed by bytes in this file."""
+    if dataset.is_virtual or dataset.external:
+        raise FormatError(path, 'HDF5 dataset "%s" keeps its data in other files'
+                          % dataset.name)
+    stored = dataset.id.get_storage_size()
+    if dataset.nbytes > _MAX_COMPRESSION * stored + 4096:
+        raise FormatError(path, 'HDF5 dataset "%s" declares %s %s (%d bytes) but stores %d'
+                          % (dataset.name, dataset.shape, dataset.dtype, dataset.nbytes, stored))
+    return dataset[()]
+
+
 def _h5_blob(dataset, path):
     if dataset.dtype.kind not in 'fiu':
         raise FormatError(path, 'HDF5 dataset "%s" is not numeric' % dataset.name)
-    value = np.asarray(dataset[()])
+    value = np.asarray(_h5_read(dataset, path))
     if value.dtype == np.float64:  # written by Caffe built with Dtype = double
         blob = caffe_pb2.BlobProto()
         blob.shape.SetInParent()
@@ -344,7 +426,7 @@ def _h5_blob(dataset, path):
 def _h5_blobs(group, path, allow_gaps):
     indices = {}
     for name in group:
-        if not name.isdigit():
+        if not re.fullmatch(r'0|[1-9][0-9]{0,2}', name):
             raise FormatError(path, 'unexpected HDF5 item "%s/%s" (blobs are named 0, 1, ...)'
                               % (group.name, name))
         indices[int(name)] = name
@@ -361,7 +443,7 @@ def _h5_blobs(group, path, allow_gaps):
 
 def _read_caffemodel_h5(path):
     net = caffe_pb2.NetParameter()
-    with _open_h5(path) as f:
+    with _reading_h5(path) as f:
         data = _h5_get(f, 'data', path, True)
         for name in data:
             layer = net.layer.add(name=name)
@@ -440,18 +522,27 @@ def write_caffemodel_h5(net_param, path, write_diff=False):
 
 
 def _h5_read_int(f, name, path):
-    value = np.asarray(_h5_get(f, name, path, False)[()])
+    dataset = _h5_get(f, name, path, False)
+    if dataset.size != 1:
+        raise FormatError(path, 'HDF5 dataset "/%s" is not a single integer' % name)
+    value = np.asarray(_h5_read(dataset, path))
     if value.size != 1 or value.dtype.kind not in 'iu':
         raise FormatError(path, 'HDF5 dataset "/%s" is not a single integer' % name)
     return int(value.reshape(-1)[0])
 
 
 def _h5_read_string(f, name, path):
-    value = _h5_get(f, name, path, False)[()]
+    dataset = _h5_get(f, name, path, False)
+    if dataset.size != 1 or dataset.dtype.kind not in 'SOU':
+        raise FormatError(path, 'HDF5 dataset "/%s" is not a string' % name)
+    value = _h5_read(dataset, path)
     if isinstance(value, np.ndarray) and value.size == 1:
         value = value.reshape(-1)[0]
     if isinstance(value, bytes):
-        value = value.decode('utf-8')
+        try:
+            value = value.decode('utf-8')
+        except UnicodeDecodeError:
+            raise FormatError(path, 'HDF5 dataset "/%s" is not UTF-8 text' % name) from None
     if not isinstance(value, str):
         raise FormatError(path, 'HDF5 dataset "/%s" is not a string' % name)
     return value.rstrip('\0')
@@ -470,7 +561,7 @@ def _h5_write_string(group, name, text):
 
 def _read_solverstate_h5(path):
     state = caffe_pb2.SolverState()
-    with _open_h5(path) as f:
+    with _reading_h5(path) as f:
         state.iter = _h5_read_int(f, 'iter', path)
         if 'learned_net' in f:  # optional when Caffe restores, always written
             state.learned_net = _h5_read_string(f, 'learned_net', path)
@@ -518,7 +609,7 @@ def blobproto_to_array(blob, return_diff=False):
         array = np.array(double, dtype=np.float64)
     else:
         array = np.array(single, dtype=np.float32)
-    count = int(np.prod(shape, dtype=np.int64))
+    count = _blob_count(shape, None, 'blob')
     if array.size != count:
         raise FormatError(None, 'blob of shape %s needs %d %s values, has %d'
                           % (shape, count, 'diff' if return_diff else 'data', array.size))

@@ -38,10 +38,10 @@ import torch
 from . import blob as blob_module
 from . import graph, io, mode
 from .blob import Blob
-from .errors import CaffeError, ShapeError
+from .errors import CaffeError, NetGraphError, NetMismatchError, ShapeError
 from .layer_types import create_layer
 from .proto import caffe_pb2
-from .python_layer import PythonLayerRunner, create_python_layer
+from .python_layer import PythonLayerRunner, create_python_layer, net_folder
 from .upgrade import needs_upgrade, upgrade_net_param
 
 __all__ = ['Net']
@@ -250,7 +250,11 @@ class Net:
                 raise TypeError('phase given both by position and keyword')
             phase = args[0]
         net_param = self._net_param(network_file, phase, level, stages)
-        self._build(net_param)
+        # Python layer modules may come from the prototxt's own folder (python_layer.py).
+        folder = (None if isinstance(network_file, caffe_pb2.NetParameter)
+                  else os.path.dirname(os.path.abspath(os.fspath(network_file))))
+        with net_folder(folder):
+            self._build(net_param)
         if weights is not None:
             self.copy_from(weights)
 
@@ -290,6 +294,7 @@ class Net:
         self._device = torch.device('cpu')
         self._mode_version = None
         self._mirrored = False
+        self._graph_freed = False  # a backward freed the last forward's graph
         self._steps = []
         self._blobs = OrderedDict()
         self._available = set()   # Caffe's available_blobs: produced, not yet consumed
@@ -325,7 +330,7 @@ class Net:
                              % (where, len(lp.bottom), len(lp.propagate_down)))
         for name in lp.bottom:
             if name not in self._blobs:
-                raise CaffeError('%s: bottom blob %r is not produced by any earlier layer'
+                raise NetGraphError('%s: bottom blob %r is not produced by any earlier layer'
                                  % (where, name))
         bottoms = [self._blobs[name] for name in lp.bottom]
         for name in lp.bottom:
@@ -336,7 +341,7 @@ class Net:
                 tops.append(self._blobs[name])
                 in_place.append(True)
             elif name in self._blobs:
-                raise CaffeError('%s: top blob %r is produced by multiple sources (only '
+                raise NetGraphError('%s: top blob %r is produced by multiple sources (only '
                                  'top i == bottom i runs in place)' % (where, name))
             else:
                 blob = self._blobs[name] = Blob()
@@ -613,13 +618,18 @@ class Net:
         # so that two forwards' saved tensors are never alive together.
         for step in steps:
             step.release()
-        if self.autograd:
-            for step in steps:
-                step.run(force_backward)
-        else:
-            with torch.no_grad():
+        if start == 0:
+            self._graph_freed = False
+        # Under set_precision('bf16') the layers run in bfloat16 autocast (a no-op
+        # context otherwise); params stay float32 and loss layers compute in float32.
+        with mode.autocast(self._device):
+            if self.autograd:
                 for step in steps:
                     step.run(force_backward)
+            else:
+                with torch.no_grad():
+                    for step in steps:
+                        step.run(force_backward)
 
     def reshape(self):
         """Propagate the input blobs' shapes through every layer (Caffe's Net::Reshape)."""
@@ -680,18 +690,28 @@ class Net:
         self._backward(start_ind, seeded)
         return {out: self._blobs[out].diff for out in outputs}
 
-    def _backward(self, start=None, seeded=()):
+    def _backward(self, start=None, seeded=(), retain_graph=True):
         """Backward from layer index ``start`` (the last by default) to the first.
 
         The roots are the loss tops of the layers up to ``start``, seeded with their
         diffs (which hold their loss weights), and, from a layer other than the last,
         that layer's tops seeded with their current diffs; ``seeded`` names more
         blobs whose diffs seed them (pycaffe's output diffs).
+
+        ``retain_graph`` keeps what the forward saved for backward, so that backward
+        can run again before the next forward (Caffe allows that; param diffs add
+        up). ``retain_graph=False`` frees each saved tensor as soon as backward has
+        used it, which lowers the peak memory of training: ``forward_backward`` and
+        the solver run that way, since they never run backward twice.
         """
         if not self.autograd:
             raise CaffeError('net %r has autograd = False, so its forward kept no gradient '
                              'graph: set net.autograd = True before the forward to '
                              'backpropagate' % self.name)
+        if self._graph_freed:
+            raise CaffeError('net %r: backward already ran through the last forward with '
+                             'retain_graph=False (forward_backward and the solver free the '
+                             'graph to save memory); run forward again first' % self.name)
         last = len(self._steps) - 1
         start = last if start is None else start
         roots, grads = [], []
@@ -718,7 +738,8 @@ class Net:
             for b in self.learnable_params:
                 if b._diff.tensor is not None:
                     b.diff_tensor()  # host writes go to the device before accumulating
-        torch.autograd.backward(roots, grads, retain_graph=True)
+        torch.autograd.backward(roots, grads, retain_graph=retain_graph)
+        self._graph_freed = not retain_graph
         if self._mirrored:
             for step in self._steps:
                 if not isinstance(step, _PythonStep):
@@ -738,9 +759,13 @@ class Net:
         grads.append(seed.to(tensor.dtype))
 
     def forward_backward(self):
-        """Forward, then backward; returns the loss (Caffe's ForwardBackward)."""
+        """Forward, then backward; returns the loss (Caffe's ForwardBackward).
+
+        The backward frees the graph as it goes (``retain_graph=False``), so a
+        second ``backward()`` needs another forward first.
+        """
         self._forward(0, len(self._steps) - 1)
-        self._backward()
+        self._backward(retain_graph=False)
         return float(self.loss())
 
     def loss(self):
@@ -761,8 +786,12 @@ class Net:
 
     def clear_param_diffs(self):
         """Zero every learnable param's diff (Caffe's ClearParamDiffs)."""
-        for b in self.learnable_params:
-            b._diff.zero()
+        memories = [b._diff for b in self.learnable_params if b._diff.tensor is not None]
+        if memories:
+            with torch.no_grad():  # one call for all, rather than one per param
+                torch._foreach_zero_([m.tensor.detach() for m in memories])
+            for m in memories:
+                m.head = blob_module.DEVICE
 
     # ---- batches (pycaffe's forward_all) ---------------------------------------------
 
@@ -806,8 +835,10 @@ class Net:
         """Copy learnable blobs from a ``.caffemodel`` (or ``.h5``) by layer name.
 
         Layers the net lacks are ignored. A count or shape mismatch is an error
-        naming the layer, the blob index and both shapes; legacy 4-D shapes match
-        when equal after dropping leading 1s (Caffe's Blob::ShapeEquals).
+        naming the layer, the blob index and both shapes (NetMismatchError); legacy
+        4-D shapes match when equal after dropping leading 1s (Caffe's
+        Blob::ShapeEquals). NaN or infinite values are copied, as Caffe copies them,
+        with a logged warning naming the file, layer and blob.
         """
         path = os.fspath(path)
         source = io.read_caffemodel(path)
@@ -826,22 +857,29 @@ class Net:
         targets = step.layer.blobs
         n_src, n_dst = len(src.blobs), len(targets)
         if n_src > n_dst or (n_src < n_dst and not h5):
-            raise CaffeError('%s: incompatible number of blobs for layer %r: the file has %d, '
-                             'the net %d' % (path, src.name, n_src, n_dst))
+            raise NetMismatchError('%s: incompatible number of blobs for layer %r: the file has '
+                                   '%d, the net %d' % (path, src.name, n_src, n_dst))
         for j, (blob, shape) in enumerate(zip(targets, step.param_shapes)):
             proto = src.blobs[j] if j < n_src else None
             if proto is None or io.is_placeholder_blob(proto):
                 if h5 and not step.param_owned[j]:
                     continue  # Caffe stores a shared param once, under its owner
-                raise CaffeError('%s: incompatible number of blobs for layer %r: blob %d is '
-                                 'missing' % (path, src.name, j))
+                raise NetMismatchError('%s: incompatible number of blobs for layer %r: blob %d '
+                                       'is missing' % (path, src.name, j))
             if not io.legacy_shape_equals(proto, shape):
-                raise CaffeError(
+                raise NetMismatchError(
                     "%s: cannot copy param %d weights from layer %r; shape mismatch. Source "
                     "param shape is %s; target param shape is %s. To learn this layer's "
                     "parameters from scratch rather than copying from a saved net, rename "
                     "the layer." % (path, j, src.name, io.blob_shape(proto), shape))
-            blob.set_data(io.blobproto_to_array(proto).reshape(blob.shape))
+            array = io.blobproto_to_array(proto)
+            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
+            if bad:
+                # Caffe copies them silently; loading still works (a diverged snapshot
+                # can be inspected), and a solver stops on the first NaN loss.
+                log.warning('%s: layer %r blob %d has %d NaN or infinite values of %d',
+                            path, src.name, j, bad, array.size)
+            blob.set_data(array.reshape(blob.shape))
 
     def to_proto(self, write_diff=False):
         """The net as Caffe's Net::ToProto: each layer's parameter with its blobs."""
@@ -880,13 +918,13 @@ class Net:
                 continue
             targets, sources = step.layer.blobs, src.layer.blobs
             if len(targets) != len(sources):
-                raise CaffeError('share_with: incompatible number of blobs for layer %r: %d '
-                                 'here, %d in the other net' % (src.name, len(targets),
-                                                                len(sources)))
+                raise NetMismatchError('share_with: incompatible number of blobs for layer %r: '
+                                       '%d here, %d in the other net'
+                                       % (src.name, len(targets), len(sources)))
             for j, (dst, s) in enumerate(zip(targets, sources)):
                 if dst.shape != s.shape:
-                    raise CaffeError('share_with: layer %r blob %d has shape %s here, %s in '
-                                     'the other net' % (src.name, j, dst.shape, s.shape))
+                    raise NetMismatchError('share_with: layer %r blob %d has shape %s here, %s '
+                                           'in the other net' % (src.name, j, dst.shape, s.shape))
                 if s._data.tensor is None:
                     s._allocate(s._data)
                 dst._data = s._data

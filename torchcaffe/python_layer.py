@@ -12,15 +12,55 @@ Inside a net the layer runs as one ``torch.autograd.Function``: forward hands it
 the bottoms (host arrays), returns copies of its tops on the net's device; backward
 hands it the tops' diffs and returns the bottoms' diffs. Learnable blobs it adds
 with ``self.blobs.add_blob(...)`` are net params; its backward writes their diffs.
+
+Files never run code
+--------------------
+A prototxt names a module and the net imports it, so a net file downloaded from
+somewhere could otherwise run any module on ``sys.path`` (``module: "os"``, or a
+``voc_layers.py`` planted in the current directory). The module must therefore
+resolve (``importlib.util.find_spec``, which runs nothing) to a file under an
+allowed folder before it is imported:
+
+- the repository, i.e. the folder that holds the ``torchcaffe`` package (where the
+  ``<dataset>_layers.py`` modules live); not when torchcaffe is installed in
+  ``site-packages``, which would allow every installed package;
+- the folder of the prototxt the net is read from (``Net(path, ...)``, or a
+  solver's ``net:`` / ``test_net:`` file), so a model folder may carry its own layers;
+- the folders in the environment variable ``TORCHCAFFE_PYTHON_LAYER_PATH``
+  (``os.pathsep``-separated), read at each use;
+- folders given to :func:`allow_python_layers_from`.
+
+Built-in and frozen modules are never allowed; the standard library and installed
+packages (``site-packages``, even a virtualenv inside the repository) only from a
+folder allowed explicitly by the last two. A module that is refused raises
+``CaffeError`` naming the layer, the module, where it was found and how to allow
+its folder. Modules already imported are checked the same way, by where they came
+from. ``param_str`` is handed to the layer as text; the FCN data layers read it
+with ``ast.literal_eval``, never ``eval``.
 """
+import contextlib
+import contextvars
 import importlib
+import importlib.util
+import os
+import re
+import sys
 
 import torch
 
 from .blob import BlobVec
 from .errors import CaffeError
 
-__all__ = ['Layer', 'create_python_layer', 'PythonLayerRunner']
+__all__ = ['Layer', 'create_python_layer', 'PythonLayerRunner', 'allow_python_layers_from',
+           'python_layer_roots', 'net_folder', 'ENV_VAR']
+
+# Extra folders the user allows Python layer modules from (os.pathsep-separated).
+ENV_VAR = 'TORCHCAFFE_PYTHON_LAYER_PATH'
+
+_allowed = []  # folders given to allow_python_layers_from, as real paths
+# Folders of the prototxts being turned into nets right now (see net_folder).
+_net_folders = contextvars.ContextVar('torchcaffe_python_layer_net_folders', default=())
+_MODULE_NAME = re.compile(r'[A-Za-z_]\w*(\.[A-Za-z_]\w*)*\Z')
 
 
 class Layer:
@@ -61,23 +101,151 @@ class Layer:
         """Shape the tops (and internal buffers) for the current bottoms."""
 
 
-def create_python_layer(layer_param):
-    """Import ``python_param.module`` and make its ``python_param.layer`` class.
+def _real(path):
+    return os.path.realpath(os.path.abspath(os.fspath(path)))
 
-    The module is imported from ``sys.path`` (so a model folder's own layers
-    module is found when the script runs there). The class is called with the
-    LayerParameter, as Caffe's layer factory calls it.
+
+def repository_root():
+    """The folder that holds the ``torchcaffe`` package, or None when it is installed."""
+    root = os.path.dirname(os.path.dirname(_real(__file__)))
+    if os.path.basename(root) in ('site-packages', 'dist-packages'):
+        return None
+    return root
+
+
+def allow_python_layers_from(path):
+    """Allow Python layer modules found under the folder ``path`` (for this process).
+
+    Parameters
+    ----------
+    path : str or path
+        An existing folder; modules in it and below it may be named by
+        ``python_param.module``. The folder must also be on ``sys.path`` (or hold a
+        package on it) for the import itself to find the module.
 
     Raises
     ------
     CaffeError
-        The module cannot be imported, lacks the class, or the class is not
-        a :class:`Layer`; the message names the layer.
+        ``path`` is not a folder.
+    """
+    real = _real(path)
+    if not os.path.isdir(real):
+        raise CaffeError('allow_python_layers_from(%r): not a folder' % (os.fspath(path),))
+    if real not in _allowed:
+        _allowed.append(real)
+
+
+@contextlib.contextmanager
+def net_folder(path):
+    """Within the block, also allow modules under ``path`` (the prototxt's folder)."""
+    if path is None:
+        yield
+        return
+    token = _net_folders.set(_net_folders.get() + (_real(path),))
+    try:
+        yield
+    finally:
+        _net_folders.reset(token)
+
+
+_IMPLICIT = ('the repository', "the prototxt's folder")
+
+
+def python_layer_roots():
+    """The allowed folders now, as (folder, why) pairs, in the order they are checked."""
+    roots = []
+    repo = repository_root()
+    if repo is not None:
+        roots.append((repo, 'the repository'))
+    roots.extend((folder, "the prototxt's folder") for folder in _net_folders.get())
+    for entry in os.environ.get(ENV_VAR, '').split(os.pathsep):
+        if entry:
+            roots.append((_real(entry), ENV_VAR))
+    roots.extend((folder, 'allow_python_layers_from') for folder in _allowed)
+    return roots
+
+
+def _inside(path, folder):
+    try:
+        return os.path.commonpath([path, folder]) == folder
+    except ValueError:  # different drives
+        return False
+
+
+def _allowed_path(path, roots):
+    # Installed packages (a virtualenv inside the repository, say) count only
+    # under a folder the user allowed explicitly.
+    installed = bool({'site-packages', 'dist-packages'} & set(path.split(os.sep)))
+    return any(_inside(path, root) and not (installed and why in _IMPLICIT)
+               for root, why in roots)
+
+
+def _spec_locations(name):
+    """Where module ``name`` comes from: a list of paths, or a word ('built-in', ...)."""
+    module = sys.modules.get(name)
+    try:
+        spec = importlib.util.find_spec(name)
+    except ValueError:  # in sys.modules without __spec__ (e.g. __main__)
+        spec = None
+        if module is not None and getattr(module, '__file__', None):
+            return [module.__file__]
+        return 'an object in sys.modules with no file'
+    if spec is None:
+        return None
+    if spec.has_location and spec.origin:
+        return [spec.origin]
+    if spec.submodule_search_locations:  # a namespace package
+        return list(spec.submodule_search_locations)
+    return spec.origin or 'nowhere on disk'
+
+
+def _check_module(name, where):
+    """Resolve ``name`` part by part without running it; fail if it is not allowed."""
+    if not _MODULE_NAME.match(name):
+        raise CaffeError('%s: python_param.module %r is not a module name' % (where, name))
+    parts = name.split('.')
+    for i in range(len(parts)):
+        # A parent package must pass before find_spec of its child imports it.
+        prefix = '.'.join(parts[:i + 1])
+        try:
+            found = _spec_locations(prefix)
+        except ImportError as err:
+            raise CaffeError('%s: cannot import module %r: %s' % (where, name, err)) from err
+        if found is None:
+            raise CaffeError('%s: cannot import module %r: no module named %r on sys.path'
+                             % (where, name, prefix))
+        roots = python_layer_roots()
+        paths = [_real(p) for p in found] if isinstance(found, list) else []
+        if not paths or not all(_allowed_path(p, roots) for p in paths):
+            origin = ', '.join(paths) if paths else found
+            raise CaffeError(
+                '%s: refusing to import python_param.module %r: %r is %s, outside the '
+                'folders Python layers may come from (%s). A net file must not run code '
+                'from elsewhere. To allow a folder, add it to the environment variable %s '
+                '(%r-separated) or call torchcaffe.allow_python_layers_from(folder).'
+                % (where, name, prefix, 'found at ' + origin if paths else origin,
+                   '; '.join('%s (%s)' % r for r in roots) or 'none', ENV_VAR, os.pathsep))
+
+
+def create_python_layer(layer_param):
+    """Import ``python_param.module`` and make its ``python_param.layer`` class.
+
+    The module is imported from ``sys.path`` (so a model folder's own layers
+    module is found when the script runs there), but only once it resolves to a
+    file under an allowed folder (see the module docstring). The class is called
+    with the LayerParameter, as Caffe's layer factory calls it.
+
+    Raises
+    ------
+    CaffeError
+        The module is outside the allowed folders, cannot be imported, lacks the
+        class, or the class is not a :class:`Layer`; the message names the layer.
     """
     p = layer_param.python_param
     where = 'layer %r (Python)' % layer_param.name
     if not p.module or not p.layer:
         raise CaffeError('%s: python_param needs both module and layer' % where)
+    _check_module(p.module, where)
     try:
         module = importlib.import_module(p.module)
     except ImportError as err:

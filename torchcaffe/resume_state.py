@@ -48,6 +48,26 @@ def write(state_file, iteration, net):
             json.dump(content, f)
 
 
+def read(state_file):
+    """The sidecar of ``state_file`` as a dict, or None when missing or unreadable."""
+    path = path_for(state_file)
+    try:
+        with open(path, encoding='utf-8') as f:
+            content = json.load(f)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as err:
+        log.warning('%s is unreadable (%s)', path, err)
+        return None
+    return content if isinstance(content, dict) else None
+
+
+def is_current(content, iteration):
+    """Whether sidecar ``content`` (from :func:`read`) belongs to a state at ``iteration``."""
+    return bool(content) and content.get('version') == VERSION \
+        and content.get('iter') == iteration
+
+
 def load(state_file, iteration, net):
     """Restore generators and layer states saved beside ``state_file``.
 
@@ -58,15 +78,8 @@ def load(state_file, iteration, net):
         says that data order and Dropout masks restart.
     """
     path = path_for(state_file)
-    try:
-        with open(path, encoding='utf-8') as f:
-            content = json.load(f)
-    except FileNotFoundError:
-        content = None
-    except (OSError, ValueError) as err:
-        log.warning('%s is unreadable (%s)', path, err)
-        content = None
-    if not content or content.get('version') != VERSION or content.get('iter') != iteration:
+    content = read(state_file)
+    if not is_current(content, iteration):
         log.warning('No up-to-date %s: data layers and Dropout restart their random '
                     'streams, so training goes on, but not exactly as an uninterrupted '
                     'run would', os.path.basename(path))

@@ -31,6 +31,11 @@ Where this differs from Caffe, on purpose:
   ``KeyboardInterrupt``, so a script looping over ``step`` ends as a Ctrl-C would
   end it); ``solve`` logs "Optimization stopped early." and returns. A second
   SIGINT before the first is handled raises ``KeyboardInterrupt`` at once.
+* Data-parallel training (``torchcaffe.distributed``, under torchrun) combines the
+  ranks' diffs through ``add_callback`` as Caffe's multi-GPU solvers do; signals
+  reaching any rank are agreed on at every iteration, so all ranks stop or
+  snapshot together (Caffe heeds the root's only). Only rank 0 tests, logs and
+  writes snapshots; the others write only their random streams beside them.
 * ``solver_mode`` / ``device_id`` are ignored, as pycaffe ignores them: nets run
   where ``caffe.set_mode_gpu()`` / ``set_mode_cpu()`` say.
 * A snapshot directory that is missing or not writable fails at construction
@@ -54,13 +59,15 @@ import time
 import numpy as np
 import torch
 
+from . import distributed
 from . import io
 from . import mode
 from . import resume_state
-from .errors import CaffeError
+from .errors import CaffeError, NetMismatchError, SnapshotError
 from .glog import install_default_handler
 from .lr_policies import learning_rate
 from .net import Net
+from .python_layer import net_folder
 from .proto import caffe_pb2
 from .signal_handler import NONE, SNAPSHOT, STOP, SignalRequests
 from .upgrade import upgrade_solver_param
@@ -99,9 +106,10 @@ class TrainingStopped(KeyboardInterrupt):
 # ------------------------------------------------------------------ the solver
 
 def _forward_backward(net):
-    """Net::ForwardBackward, with the loss left on the device (no host sync)."""
+    """Net::ForwardBackward, with the loss left on the device (no host sync); the
+    backward frees the graph as it goes (the solver never runs it twice)."""
     net._forward(0, len(net._steps) - 1)
-    net._backward()
+    net._backward(retain_graph=False)
     return _loss_of(net)
 
 
@@ -158,7 +166,9 @@ class SGDSolver:
         self._check_param()
         self._check_snapshot_writable()
         if param.random_seed >= 0:
-            mode.set_random_seed(param.random_seed)
+            # Each data-parallel rank offsets the seed by its rank, as Caffe's workers
+            # offset it by their device; rank 0 (and a single process) uses it as is.
+            mode.set_random_seed(param.random_seed + distributed.rank())
         if param.HasField('solver_mode') and param.solver_mode == param.GPU \
                 and not _gpu_mode():
             log.info('solver_mode: GPU is not applied (as in pycaffe): call '
@@ -181,6 +191,7 @@ class SGDSolver:
         self._losses = []                    # Caffe's losses_: the smoothing window
         self._smoothed_loss = np.float32(0)
         self._pending = []                   # (iteration, [loss tensor per pass]) not read yet
+        self._callbacks = []                 # (on_start, on_gradients_ready) pairs
 
     # ---- construction ----------------------------------------------------------------
 
@@ -214,17 +225,17 @@ class SGDSolver:
         if not param.HasField('snapshot_prefix'):
             raise CaffeError('%s: In solver params, snapshot is specified but snapshot_prefix '
                              'is not' % self._source)
-        probe = self._snapshot_filename('.tempfile', 0)
+        probe = distributed.rank_path(self._snapshot_filename('.tempfile', 0))
         try:
             with open(probe, 'w'):
                 pass
             os.remove(probe)
         except OSError as e:
             directory = os.path.dirname(os.path.abspath(probe))
-            raise CaffeError("%s: Cannot write to snapshot prefix '%s'. Make sure that the "
-                             "directory %s exists and is writeable (%s)"
-                             % (self._source, param.snapshot_prefix, directory,
-                                e.strerror)) from None
+            raise SnapshotError("%s: Cannot write to snapshot prefix '%s'. Make sure that the "
+                                "directory %s exists and is writeable (%s)"
+                                % (self._source, param.snapshot_prefix, directory,
+                                   e.strerror)) from None
 
     def _read_net(self, path, field):
         try:
@@ -257,9 +268,16 @@ class SGDSolver:
         state.MergeFrom(net_param.state)
         state.MergeFrom(param.train_state)
         net_param.state.CopyFrom(state)
-        net = Net(net_param)
+        with net_folder(self._net_folder(None if field.endswith('_param') else path)):
+            net = Net(net_param)
         self._load_weights(net)
         return net
+
+    def _net_folder(self, net_file):
+        """Where the net's Python layers may also come from: its file's or the solver's folder."""
+        if net_file is None:
+            net_file = None if self._source == '<SolverParameter>' else self._source
+        return None if net_file is None else os.path.dirname(os.path.abspath(net_file))
 
     def _init_test_nets(self):
         param = self.param
@@ -295,7 +313,8 @@ class SGDSolver:
                 state.MergeFrom(param.test_state[i])
             net_param.state.CopyFrom(state)
             log.info('Creating test net (#%d) specified by %s', i, what)
-            net = Net(net_param)
+            with net_folder(self._net_folder(source if isinstance(source, str) else None)):
+                net = Net(net_param)
             net.autograd = False  # test nets only run forward
             self._load_weights(net)
             nets.append(net)
@@ -359,9 +378,31 @@ class SGDSolver:
                 return
             if param.display and self.iter % param.display == 0:
                 self._final_loss()
-            if param.test_interval and self.iter % param.test_interval == 0:
+            if param.test_interval and self.iter % param.test_interval == 0 \
+                    and distributed.is_main():
                 self._test_all()
         log.info('Optimization Done.')
+
+    def add_callback(self, on_start, on_gradients_ready=None):
+        """Call ``on_start()`` and ``on_gradients_ready()`` in every iteration (pycaffe's
+        ``Solver.add_callback``; Caffe's ``Solver::Callback``).
+
+        As in Caffe's ``Step``, ``on_start`` runs after the solver's own tests and
+        before the ``iter_size`` forward/backward passes; ``on_gradients_ready`` runs
+        once their diffs are accumulated (summed, not yet divided by ``iter_size``)
+        and the iteration is logged, before the update (clipping, normalisation,
+        regularisation, momentum). This is where data-parallel training combines the
+        ranks' diffs (``torchcaffe.distributed.GradientSync``).
+
+        Parameters
+        ----------
+        on_start : callable, or an object with ``on_start`` and ``on_gradients_ready``
+            methods (as pycaffe accepts a ``caffe.NCCL``); then leave out the second.
+        on_gradients_ready : callable
+        """
+        if on_gradients_ready is None:
+            on_start, on_gradients_ready = on_start.on_start, on_start.on_gradients_ready
+        self._callbacks.append((on_start, on_gradients_ready))
 
     @contextlib.contextmanager
     def _signal_requests(self):
@@ -390,9 +431,13 @@ class SGDSolver:
             net.clear_param_diffs()
             if param.test_interval and self.iter % param.test_interval == 0 \
                     and (self.iter > 0 or param.test_initialization):
-                self._test_all()
-                if self.requested_early_exit:
+                if distributed.is_main():  # Caffe's root solver alone tests
+                    self._test_all()
+                if distributed.agree(STOP if self.requested_early_exit else NONE) == STOP:
+                    self.requested_early_exit = True
                     break
+            for on_start, _ in self._callbacks:
+                on_start()
             display = bool(param.display) and self.iter % param.display == 0
             losses = [_forward_backward(net) for _ in range(param.iter_size)]
             self._pending.append((self.iter, losses))
@@ -400,9 +445,11 @@ class SGDSolver:
                 self._flush_losses()
             if display:
                 self._log_progress()
+            for _, on_gradients_ready in self._callbacks:
+                on_gradients_ready()
             self._apply_update(display)
             self.iter += 1
-            request = self._requested_action()
+            request = distributed.agree(self._requested_action())
             if (param.snapshot and self.iter % param.snapshot == 0) or request == SNAPSHOT:
                 self.snapshot()
             if request == STOP:
@@ -651,15 +698,19 @@ class SGDSolver:
         return '.solverstate.h5' if self.param.snapshot_format == _HDF5 else '.solverstate'
 
     def snapshot(self):
-        """Write ``<prefix>_iter_<N>.caffemodel`` then ``.solverstate`` (``.h5`` forms with
-        ``snapshot_format: HDF5``), model first so that a state never names a missing
-        model. Each file is written atomically.
+        """Write ``<prefix>_iter_<N>.caffemodel``, the ``.resume.json`` sidecar, then
+        ``.solverstate`` (``.h5`` forms with ``snapshot_format: HDF5``). Each file is
+        written atomically and the state comes last: it is the commit point, so a
+        state never names a missing model or lacks its sidecar, even when the
+        process is killed mid-snapshot.
 
         Returns
         -------
         (str, str) : the model and state file names.
         """
         self._flush_losses()
+        if not distributed.is_main():
+            return self._rank_snapshot()
         param = self.param
         net_param = self.net.to_proto(write_diff=param.snapshot_diff)
         if param.snapshot_format == _HDF5:
@@ -679,8 +730,10 @@ class SGDSolver:
             log.info('Snapshotting solver state to HDF5 file %s', path)
         else:
             log.info('Snapshotting solver state to binary proto file %s', path)
-        io.write_solverstate(state, path)
+        # The sidecar before the state: the state is written last, so a run killed
+        # at any point leaves either a complete snapshot or no solverstate at all.
         resume_state.write(path, self.iter, self.net)
+        io.write_solverstate(state, path)
         self._last_snapshot_iter = self.iter
         return model, path
 
@@ -695,24 +748,26 @@ class SGDSolver:
 
         Raises
         ------
-        CaffeError
+        NetMismatchError
             The history does not match the net's learnable params in count or
-            shape (a solverstate from a different net), or learned_net is missing.
+            shape (a solverstate from a different net).
+        CaffeError
+            Its learned_net is missing.
         """
         state_file = os.fspath(state_file)
         state = io.read_solverstate(state_file)
         params = self.net.learnable_params
         if len(state.history) != len(params):
-            raise CaffeError('%s: %d history blobs but the net has %d learnable params: a '
-                             'solverstate from a different net?'
-                             % (state_file, len(state.history), len(params)))
+            raise NetMismatchError('%s: %d history blobs but the net has %d learnable params: '
+                                   'a solverstate from a different net?'
+                                   % (state_file, len(state.history), len(params)))
         names = self._param_names()
         for i, (proto, p) in enumerate(zip(state.history, params)):
             if not io.legacy_shape_equals(proto, p.shape):
-                raise CaffeError('%s: history blob %d has shape %s but learnable param %d '
-                                 '(%s) has shape %s: a solverstate from a different net?'
-                                 % (state_file, i, io.blob_shape(proto), i, names[i],
-                                    p.shape))
+                raise NetMismatchError('%s: history blob %d has shape %s but learnable param '
+                                       '%d (%s) has shape %s: a solverstate from a different '
+                                       'net?' % (state_file, i, io.blob_shape(proto), i,
+                                                 names[i], p.shape))
         if state.HasField('learned_net'):
             model = state.learned_net
             if not os.path.exists(model):
@@ -729,7 +784,18 @@ class SGDSolver:
         self.iter = state.iter
         self.current_step = state.current_step
         self._iterations_last = self.iter
-        resume_state.load(state_file, self.iter, self.net)
+        resume_state.load(distributed.rank_path(state_file), self.iter, self.net)
+
+    def _rank_snapshot(self):
+        """A data-parallel rank other than 0 writes no snapshot (Caffe's root solver
+        alone does): only its own random streams (data layers, Dropout), in
+        ``<state>.rank<R>.resume.json`` beside rank 0's state, for an exact resume."""
+        hdf5 = self.param.snapshot_format == _HDF5
+        model = self._snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
+        path = self._snapshot_filename(self._state_suffix())
+        resume_state.write(distributed.rank_path(path), self.iter, self.net)
+        self._last_snapshot_iter = self.iter
+        return model, path
 
     def _param_names(self):
         """'layer <name> blob <j>' for each learnable param (its owner's)."""

@@ -6,7 +6,7 @@ forward computation in torch ops; gradients come from autograd, with custom
 ``torch.autograd.Function`` s where Caffe's backward is not the autograd of the
 obvious expression.
 """
-from ..errors import CaffeError, ShapeError, UnknownLayerError
+from ..errors import CaffeError, NetGraphError, ShapeError, UnknownLayerError
 from .. import fillers
 
 __all__ = ['Layer', 'register', 'create_layer', 'known_types', 'layer_class']
@@ -139,14 +139,14 @@ class Layer:
         return [1.0 if (self.is_loss and i == 0) else 0.0 for i in range(n)]
 
     def check_blob_counts(self, num_bottoms, num_tops):
-        """Raise CaffeError when the layer cannot take that many bottoms or tops."""
+        """Raise NetGraphError when the layer cannot take that many bottoms or tops."""
         for what, count, (low, high) in (('bottom', num_bottoms, self.bottom_counts),
                                          ('top', num_tops, self.top_counts)):
             if count < low or (high is not None and count > high):
                 wanted = ('%d' % low if low == high else
                           'at least %d' % low if high is None else '%d to %d' % (low, high))
-                raise CaffeError('layer %r (%s) takes %s %s blob(s), got %d'
-                                 % (self.name, self.type, wanted, what, count))
+                raise NetGraphError('layer %r (%s) takes %s %s blob(s), got %d'
+                                    % (self.name, self.type, wanted, what, count))
 
     def shape_error(self, message, *shapes):
         """A ShapeError naming this layer, its type, and the offending shapes."""

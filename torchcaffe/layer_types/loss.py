@@ -1,6 +1,7 @@
 """SoftmaxWithLoss and Accuracy, with Caffe's label, ignore and normalisation rules."""
 import torch
 
+from ..errors import LabelError
 from ..proto import caffe_pb2
 from .base import Layer, register, count
 
@@ -9,6 +10,15 @@ __all__ = ['SoftmaxWithLoss', 'Accuracy', 'normalizer']
 # Caffe clamps probabilities at FLT_MIN before the log (so a loss term is at most
 # -log(FLT_MIN) ~ 87.34), whatever the blob's precision.
 FLT_MIN = 1.1754943508222875e-38
+
+# Score dtypes that losses and accuracies read as float32 (bfloat16 autocast's output).
+REDUCED = (torch.bfloat16, torch.float16)
+
+
+def _full_precision(scores):
+    """``scores`` as float32 when autocast computed them in a reduced precision."""
+    return scores.float() if scores.dtype in REDUCED else scores
+
 
 _Norm = caffe_pb2.LossParameter
 
@@ -90,9 +100,17 @@ def _labels(layer, label, outer, inner, channels, ignore_label):
     else:
         valid = values != ignore_label
     bad = valid & ((values < 0) | (values >= channels))
-    if bool(bad.any()):
-        raise layer.error('label %d out of range [0, %d)'
-                          % (int(values[bad][0]), channels))
+    if values.device.type != 'cpu':
+        # No host sync per forward for a check Caffe does not make at all (its
+        # release build reads past the blob): the device asserts, which stops the
+        # process at its next sync with this message, before a kernel indexes with it.
+        torch._assert_async(~bad.any(), 'layer %r (%s): a label is out of range [0, %d) '
+                            '(ignore_label is %s)' % (layer.name, layer.type, channels,
+                                                      ignore_label))
+    elif bool(bad.any()):
+        raise LabelError('layer %r (%s): label %d out of range [0, %d) at %d position(s); '
+                         'ignore_label is %s' % (layer.name, layer.type, int(values[bad][0]),
+                                                 channels, int(bad.sum()), ignore_label))
     return torch.where(valid, values, torch.zeros_like(values)), valid
 
 
@@ -128,13 +146,20 @@ class SoftmaxWithLoss(_LossBase):
 
     def forward(self, bottoms, params):
         scores, label = bottoms
+        scores = _full_precision(scores)
         shape = tuple(scores.shape)
         _, outer, channels, inner = _outer_channels_inner(
             self, shape, self.layer_param.softmax_param.axis)
         loss_param = self.layer_param.loss_param
-        labels, valid = _labels(self, label, outer, inner, channels,
-                                self._ignore_label(loss_param))
-        norm = normalizer(normalization_mode(loss_param), outer, inner, int(valid.sum()))
+        ignore_label = self._ignore_label(loss_param)
+        labels, valid = _labels(self, label, outer, inner, channels, ignore_label)
+        norm_mode = normalization_mode(loss_param)
+        if norm_mode == _Norm.VALID and ignore_label is not None:
+            # The count stays on the device (no host sync); as Caffe's Dtype
+            # normaliser, it is max(1, count) in the scores' precision.
+            norm = valid.sum().clamp_min(1).to(scores.dtype)
+        else:
+            norm = normalizer(norm_mode, outer, inner, outer * inner)
         loss, prob = _SoftmaxLoss.apply(scores.reshape(outer, channels, inner), labels, valid,
                                         norm)
         tops = [loss]
@@ -168,6 +193,7 @@ class Accuracy(_LossBase):
 
     def forward(self, bottoms, params):
         scores, label = (b.detach() for b in bottoms)
+        scores = _full_precision(scores)
         shape = tuple(scores.shape)
         p = self.layer_param.accuracy_param
         _, outer, channels, inner = _outer_channels_inner(self, shape, p.axis)
@@ -176,12 +202,16 @@ class Accuracy(_LossBase):
         true_score = flat.gather(1, labels.unsqueeze(1))
         at_least = (flat >= true_score).sum(dim=1)  # includes the true class itself
         correct = (at_least <= p.top_k) & valid
-        num_valid = int(valid.sum())
-        accuracy = correct.sum().to(scores.dtype) / num_valid if num_valid else \
-            torch.zeros((), dtype=scores.dtype, device=scores.device)
+        # Counts stay on the device (no host sync); with no valid position the
+        # accuracy is 0 / 1 = 0, as Caffe's.
+        num_valid = valid.sum().clamp_min(1).to(scores.dtype)
+        accuracy = correct.sum().to(scores.dtype) / num_valid
         tops = [accuracy.reshape(())]
         if self.num_tops() > 1:
-            hits = torch.bincount(labels[correct], minlength=channels).to(scores.dtype)
-            seen = torch.bincount(labels[valid], minlength=channels).to(scores.dtype)
+            flat_labels = labels.reshape(-1)
+            hits = torch.zeros(channels, dtype=scores.dtype, device=scores.device)
+            hits.index_add_(0, flat_labels, correct.reshape(-1).to(scores.dtype))
+            seen = torch.zeros_like(hits).index_add_(0, flat_labels,
+                                                      valid.reshape(-1).to(scores.dtype))
             tops.append(torch.where(seen > 0, hits / seen.clamp_min(1), torch.zeros_like(seen)))
         return tops

@@ -97,10 +97,12 @@ class Dropout(_Neuron):
         if self.phase != caffe_pb2.TRAIN:
             return [x.clone()]
         keep = 1.0 - self.ratio
+        # Drawn in float32 under bf16 autocast, so that every precision drops the same units.
+        dtype = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
         if self.generator is None:
-            uniform = torch.rand(x.shape, dtype=x.dtype, device=x.device)
+            uniform = torch.rand(x.shape, dtype=dtype, device=x.device)
         else:
-            uniform = torch.rand(x.shape, dtype=x.dtype, device=self.generator.device,
+            uniform = torch.rand(x.shape, dtype=dtype, device=self.generator.device,
                                  generator=self.generator).to(x.device)
         # Caffe keeps a unit when its random integer exceeds ratio * UINT_MAX.
         mask = (uniform >= self.ratio).to(x.dtype)

@@ -7,7 +7,8 @@ from ..proto import caffe_pb2
 from ..shapes import conv_output_size, deconv_output_size, pool_output_size
 from .base import Layer, register, count
 
-__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'LRN']
+__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'LRN',
+           'is_channel_diagonal']
 
 # Caffe seeds a MAX pooling window with -FLT_MAX and keeps a value only if it is
 # strictly greater, so no pooled value is ever below -FLT_MAX.
@@ -15,6 +16,21 @@ FLT_MAX = 3.4028234663852886e38
 
 _Pool = caffe_pb2.PoolingParameter
 _LRN = caffe_pb2.LRNParameter
+
+
+# Shape-keyed caches keep at most this many entries (images of many sizes would
+# otherwise grow them without bound); past it they start over.
+_CACHE_SIZE = 64
+
+
+def _cached(cache, key, compute):
+    """``cache[key]``, computed by ``compute(key)`` when missing."""
+    value = cache.get(key)
+    if value is None:
+        if len(cache) >= _CACHE_SIZE:
+            cache.clear()
+        value = cache[key] = compute(key)
+    return value
 
 
 def _per_axis(layer, name, repeated, hw, num_spatial, default):
@@ -59,9 +75,20 @@ class _ConvBase(Layer):
             raise self.error('num_output %d is not divisible by group %d'
                              % (self.num_output, self.group))
         self.bias_term = p.bias_term
+        self._geometries = {}  # number of bottom axes -> _geometry's answer
 
     def _geometry(self, bottom_shape):
-        """(channel axis, kernel, stride, pad, dilation) for a bottom of this shape."""
+        """(channel axis, kernel, stride, pad, dilation) for a bottom of this shape.
+
+        It depends only on the number of axes, so it is worked out once per count.
+        """
+        ndim = len(bottom_shape)
+        geometry = self._geometries.get(ndim)
+        if geometry is None:
+            geometry = self._geometries[ndim] = self._work_out_geometry(tuple(bottom_shape))
+        return geometry
+
+    def _work_out_geometry(self, bottom_shape):
         p = self.conv_param
         axis = self.canonical_axis(p.axis, len(bottom_shape), bottom_shape)
         num_spatial = len(bottom_shape) - axis - 1
@@ -123,19 +150,37 @@ class _ConvBase(Layer):
     def forward(self, bottoms, params):
         weight = params[0]
         bias = params[1] if self.bias_term else None
-        return [self._apply(x, weight, bias) for x in bottoms]
+        return [self._apply(x, weight, bias, self.group) for x in bottoms]
 
-    def _apply(self, x, weight, bias):
+    def _apply(self, x, weight, bias, groups):
         shape = tuple(x.shape)
         axis, kernel, stride, pad, dilation = self._geometry(shape)
         num_spatial = len(kernel)
         if num_spatial > 3:
             raise self.shape_error('only 1, 2 or 3 spatial axes are supported', shape)
+        op = self._torch_op(num_spatial)
+        if axis == 1:  # N x C x spatial: the torch layout already (no view to record)
+            return op(x, weight, bias, stride=stride, padding=pad, dilation=dilation,
+                      groups=groups)
         # Axes before the channel axis all act as the batch.
         flat = x.reshape((count(shape, 0, axis),) + shape[axis:])
-        out = self._torch_op(num_spatial)(flat, weight, bias, stride=stride, padding=pad,
-                                          dilation=dilation, groups=self.group)
+        out = op(flat, weight, bias, stride=stride, padding=pad, dilation=dilation,
+                 groups=groups)
         return out.reshape(shape[:axis] + tuple(out.shape[1:]))
+
+
+_CONVOLUTIONS = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
+
+
+def _transposed(op):
+    def run(x, weight, bias, stride, padding, dilation, groups):
+        return op(x, weight, bias, stride=stride, padding=padding, output_padding=0,
+                  groups=groups, dilation=dilation)
+    return run
+
+
+_TRANSPOSED = {n: _transposed(op) for n, op in
+               ((1, F.conv_transpose1d), (2, F.conv_transpose2d), (3, F.conv_transpose3d))}
 
 
 @register
@@ -160,7 +205,7 @@ class Convolution(_ConvBase):
 
     @staticmethod
     def _torch_op(num_spatial):
-        return {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[num_spatial]
+        return _CONVOLUTIONS[num_spatial]
 
 
 @register
@@ -169,10 +214,60 @@ class Deconvolution(_ConvBase):
 
     Weights are (C, num_output / group, *kernel), PyTorch's transposed-convolution
     layout; the output size is ``stride (n - 1) + dilation (kernel - 1) + 1 - 2 pad``.
+
+    Fast path: a weight that gets no gradient (``lr_mult: 0`` without
+    ``force_backward``, or no autograd) and is diagonal across channels
+    (``weight[i, j] == 0`` for ``i != j``, C in = C out, group 1), as FCN's fixed
+    bilinear upsamplers are, runs as a transposed convolution with one group per
+    channel and kernel ``weight[i, i]``. Each output sums the same nonzero terms
+    without the C - 1 zero ones, so it is C times less work. Tops and bottom diffs
+    agree with the dense op's to rounding: the two kernels may add a sum's taps in
+    different orders (neither is Caffe's col2im order on oneDNN). Inputs that are
+    NaN or infinite are the exception: the dense op spreads them to every channel
+    (0 * inf), the grouped one keeps them in their own. The weight is checked again
+    only when its data may have changed (:meth:`torchcaffe.blob.Blob.data_token`;
+    on an accelerator the check reads one flag from the device); a weight that is
+    not diagonal runs densely. Set ``diagonal_fast_path = False`` on the class or
+    on one layer for the dense op always.
     """
     type = 'Deconvolution'
     bottom_counts = (1, None)
     top_counts = (1, None)
+    diagonal_fast_path = True
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        self._diagonal = None  # (data token, per-channel weight or None) of the last check
+
+    def forward(self, bottoms, params):
+        weight = params[0]
+        bias = params[1] if self.bias_term else None
+        per_channel = self._per_channel_weight(weight)
+        if per_channel is None:
+            return [self._apply(x, weight, bias, self.group) for x in bottoms]
+        return [self._apply(x, per_channel, bias, per_channel.shape[0]) for x in bottoms]
+
+    def _per_channel_weight(self, weight):
+        """The kernels ``weight[i, i]`` as a (C, 1, *kernel) weight when the fast path
+        applies, else None."""
+        if not self.diagonal_fast_path or self.group != 1:
+            return None
+        if weight.requires_grad and torch.is_grad_enabled():
+            return None  # the dense diff is wanted: lr_mult > 0 or force_backward
+        channels = weight.shape[0]
+        if channels < 2 or weight.shape[1] != channels:
+            return None
+        blobs = getattr(self, 'blobs', None)  # the net's, when the layer runs in one
+        token = blobs[0].data_token() if blobs else None
+        cached = self._diagonal
+        if token is not None and cached is not None and _same_token(cached[0], token):
+            return cached[1]
+        per_channel = None
+        if is_channel_diagonal(weight):
+            per_channel = torch.diagonal(weight.detach(), 0, 0, 1).movedim(-1, 0) \
+                .unsqueeze(1).contiguous()
+        self._diagonal = None if token is None else (token, per_channel)
+        return per_channel
 
     @staticmethod
     def _output_size(n, k, s, p, d):
@@ -189,12 +284,34 @@ class Deconvolution(_ConvBase):
 
     @staticmethod
     def _torch_op(num_spatial):
-        op = {1: F.conv_transpose1d, 2: F.conv_transpose2d, 3: F.conv_transpose3d}[num_spatial]
+        return _TRANSPOSED[num_spatial]
 
-        def transposed(x, weight, bias, stride, padding, dilation, groups):
-            return op(x, weight, bias, stride=stride, padding=padding, output_padding=0,
-                      groups=groups, dilation=dilation)
-        return transposed
+
+def is_channel_diagonal(weight):
+    """Whether a (C, C, *kernel) weight is zero wherever the two channel indices differ.
+
+    NaN counts as nonzero. On an accelerator this reads one flag from the device.
+
+    >>> w = torch.zeros(3, 3, 2, 2)
+    >>> w[0, 0] = w[1, 1] = w[2, 2] = 1
+    >>> is_channel_diagonal(w)
+    True
+    >>> w[2, 1, 0, 1] = 1e-30
+    >>> is_channel_diagonal(w)
+    False
+    """
+    c = weight.shape[0]
+    # Rows i * C + j of the (C * C, K) view: after the first, every (C + 1)-th row
+    # is a diagonal one, so rows 1.. seen as (C - 1, C + 1, K) hold the diagonal in
+    # the last column and only off-diagonal kernels before it.
+    rows = weight.detach().reshape(c * c, -1)
+    off_diagonal = rows[1:].reshape(c - 1, c + 1, -1)[:, :c]
+    return not bool(off_diagonal.any())
+
+
+def _same_token(a, b):
+    """Whether two Blob.data_token()s name the same, unchanged data."""
+    return a[0] is b[0] and a[1] is b[1] and a[2:] == b[2:]
 
 
 def _torch_ceil_size(n, k, s, p):
@@ -288,6 +405,7 @@ class Pooling(Layer):
                 raise self.error('global_pooling takes no kernel size')
         elif p.HasField('kernel_size') == (p.HasField('kernel_h') and p.HasField('kernel_w')):
             raise self.error('give kernel_size, or kernel_h and kernel_w')
+        self._geometries = {}  # bottom shape -> geometry's answer
 
     def _hw(self, single, h, w, default):
         p = self.pool_param
@@ -300,6 +418,9 @@ class Pooling(Layer):
 
     def geometry(self, bottom_shape):
         """(kernel, stride, pad, out) as (h, w) pairs for a bottom of this shape."""
+        return _cached(self._geometries, tuple(bottom_shape), self._work_out_geometry)
+
+    def _work_out_geometry(self, bottom_shape):
         if len(bottom_shape) != 4:
             raise self.shape_error('needs a 4-axis bottom (num, channels, height, width)',
                                    bottom_shape)
@@ -354,6 +475,10 @@ class Crop(Layer):
     type = 'Crop'
     bottom_counts = (2, 2)
 
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        self._indices = {}  # bottom shapes -> the slices that crop
+
     def offsets(self, bottom_shapes):
         """Start index of the crop along every axis of bottom 0."""
         data, ref = (tuple(s) for s in bottom_shapes)
@@ -386,11 +511,13 @@ class Crop(Layer):
 
     def forward(self, bottoms, params):
         data, ref = bottoms
-        shapes = [tuple(data.shape), tuple(ref.shape)]
+        index = _cached(self._indices, (tuple(data.shape), tuple(ref.shape)), self._index)
+        return [data[index]]
+
+    def _index(self, shapes):
         offsets = self.offsets(shapes)
         (out_shape,) = self.top_shapes(shapes)
-        index = tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
-        return [data[index]]
+        return tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
 
 
 @register

@@ -124,8 +124,13 @@ def parse_args(argv=None):
     p.add_argument('--quick', action='store_true',
                    help='smoke run: sizes %s, width 1/16, 1 repeat, no warmup' % QUICK['sizes'])
     p.add_argument('--json', metavar='PATH', help='also write the results as JSON')
+    p.add_argument('--passes', default=','.join(PASSES),
+                   help='comma-separated, of %s (default all)' % ', '.join(PASSES))
     p.add_argument('--seed', type=int, default=0)
     args = p.parse_args(argv)
+    bad = [x for x in args.passes.split(',') if x not in PASSES]
+    if bad:
+        p.error('unknown pass %r; known: %s' % (bad[0], ', '.join(PASSES)))
     for key, value in (QUICK if args.quick else DEFAULTS).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -367,6 +372,7 @@ class Setup:
 
 def engine_forward(s):
     net = caffe.Net(s.deploy_path, caffe.TEST, weights=s.weights)
+    net.autograd = False  # inference, as infer.py and score.py run it
     return lambda: net.forward(data=s.data)['score']
 
 
@@ -632,6 +638,8 @@ def run(args):
                 print('%s %s: forward %.1f GFLOP (2 x conv/deconv MACs)'
                       % (stage, size_name(size), 2 * setup.macs / 1e9), flush=True)
                 for pass_name, builders in pass_builders(device).items():
+                    if pass_name not in args.passes.split(','):
+                        continue
                     measured = measure(builders, setup, args, device)
                     flops = 2 * setup.macs * (1 if pass_name == 'forward' else 3)
                     done = rows_for(stage, size, pass_name, measured, flops, peak)

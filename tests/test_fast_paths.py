@@ -8,7 +8,6 @@ counting on the device instead of the host.
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from google.protobuf import text_format
 from torch.overrides import TorchFunctionMode
 
@@ -55,9 +54,11 @@ class DeconvWeights(TorchFunctionMode):
 UPSAMPLE = '''
 name: "upsample"
 %s
-layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 dim: 5 dim: 4 } } }
+layer { name: "input" type: "Input" top: "x"
+        input_param { shape { dim: 2 dim: 3 dim: 5 dim: 4 } } }
 layer { name: "pre" type: "Convolution" bottom: "x" top: "pre"
-        convolution_param { num_output: 3 kernel_size: 1 weight_filler { type: "gaussian" std: 1 } } }
+        convolution_param { num_output: 3 kernel_size: 1
+                            weight_filler { type: "gaussian" std: 1 } } }
 layer { name: "up" type: "Deconvolution" bottom: "pre" top: "up" param { lr_mult: %s }
         convolution_param { num_output: 3 kernel_size: 4 stride: 2 pad: 1 bias_term: false } }
 '''
@@ -320,7 +321,8 @@ def test_forward_backward_frees_the_graph_and_says_so_on_a_second_backward():
 
 def test_crop_and_pooling_follow_every_new_input_size():
     net = make_net('''
-        layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 1 dim: 1 dim: 9 dim: 9 } } }
+        layer { name: "input" type: "Input" top: "x"
+                input_param { shape { dim: 1 dim: 1 dim: 9 dim: 9 } } }
         layer { name: "pool" type: "Pooling" bottom: "x" top: "pool"
                 pooling_param { pool: MAX kernel_size: 3 stride: 2 pad: 1 } }
         layer { name: "crop" type: "Crop" bottom: "x" bottom: "pool" top: "crop"
@@ -341,7 +343,8 @@ def test_crop_and_pooling_follow_every_new_input_size():
 
 LOSS = '''
 layer { name: "input" type: "Input" top: "score" top: "label"
-        input_param { shape { dim: 2 dim: 4 dim: 3 dim: 3 } shape { dim: 2 dim: 1 dim: 3 dim: 3 } } }
+        input_param { shape { dim: 2 dim: 4 dim: 3 dim: 3 }
+                      shape { dim: 2 dim: 1 dim: 3 dim: 3 } } }
 layer { name: "loss" type: "SoftmaxWithLoss" bottom: "score" bottom: "label" top: "loss"
         loss_param { ignore_label: 255 %s } }
 layer { name: "acc" type: "Accuracy" bottom: "score" bottom: "label" top: "acc" top: "per_class"

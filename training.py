@@ -75,8 +75,10 @@ def snapshot_problem(state_file, iteration):
     model = re.sub(r'\.solverstate(\.h5)?$', r'.caffemodel\1', state_file)
     if not os.path.isfile(model) or not os.path.getsize(model):
         return 'no caffemodel %s' % model
-    if not resume_state.is_current(resume_state.read(state_file), iteration):
-        return 'no up-to-date %s' % resume_state.path_for(state_file)
+    # Under torchrun each rank needs its own streams too (rank 0's for one process).
+    own = distributed.rank_path(state_file)
+    if not resume_state.is_current(resume_state.read(own), iteration):
+        return 'no up-to-date %s' % resume_state.path_for(own)
     return None
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 
 import torchcaffe as caffe
+from random_weights import randomize
 from torchcaffe import io
 from nets import alexnet, voc
 from benchmarks import bench_fcn
@@ -134,24 +135,6 @@ def test_device_peaks_pick_the_right_part():
 
 
 # -- OpenCV's DNN module as an independent Caffe ----------------------------------------------
-
-def randomize(net, seed):
-    """Random weights everywhere, deconvolutions and biases included (not bilinear,
-    not zero), so that every tap and channel of every layer shows in the score."""
-    rng = np.random.default_rng(seed)
-    for name, blobs in net.params.items():
-        kind = net.layer_dict[name].type
-        for i, blob in enumerate(blobs):
-            shape = blob.data.shape
-            if kind == 'Scale':
-                blob.data[...] = rng.uniform(0.5, 1.5, shape)
-            elif i == 1:
-                blob.data[...] = rng.normal(0, 0.1, shape)
-            elif kind == 'Deconvolution':
-                blob.data[...] = rng.normal(0, 1 / math.sqrt(16 * shape[0]), shape)
-            else:
-                blob.data[...] = rng.normal(0, math.sqrt(2 / math.prod(shape[1:])), shape)
-
 
 def engine_and_opencv(deploy, tmp_path, seed=0):
     """The score of ``deploy`` (random weights) through the engine and through OpenCV."""

@@ -7,7 +7,6 @@ deploy nets at 1/16 width with random weights, and tiny inline nets for the laye
 settings the FCNs do not use (padded pooling, within-channel LRN, Eltwise
 variants, two-bottom Scale, Slice, Reshape ...).
 """
-import math
 
 import numpy as np
 import onnx
@@ -17,6 +16,7 @@ from google.protobuf import text_format
 
 import export as export_cli
 import torchcaffe as caffe
+from random_weights import randomize
 from torchcaffe import caffe_pb2, io, onnx_export
 from torchcaffe.errors import CaffeError, FormatError, UnknownLayerError
 from nets import alexnet, voc
@@ -27,23 +27,6 @@ FCN_SIZES = [(1, 37, 45), (2, 64, 51)]   # (batch, height, width)
 
 
 # ------------------------------------------------------------------------ helpers
-
-def randomize(net, seed=0):
-    """He-like weights, N(0, 0.1) biases, Scale factors in [0.5, 1.5]: no zero layers."""
-    rng = np.random.default_rng(seed)
-    for name, blobs in net.params.items():
-        kind = net.layer_dict[name].type
-        for i, blob in enumerate(blobs):
-            shape = blob.data.shape
-            if kind == 'Scale':
-                blob.data[...] = rng.uniform(0.5, 1.5, shape)
-            elif i == 1:
-                blob.data[...] = rng.normal(0, 0.1, shape)
-            elif kind == 'Deconvolution':
-                blob.data[...] = rng.normal(0, 1 / math.sqrt(16 * shape[0]), shape)
-            else:
-                blob.data[...] = rng.normal(0, math.sqrt(2 / math.prod(shape[1:])), shape)
-
 
 def run_engine(net, inputs, blobs):
     for name, value in inputs.items():

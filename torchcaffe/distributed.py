@@ -274,6 +274,13 @@ def attach(solver):
 
 # ------------------------------------------------------------------ agreement
 
+def barrier():
+    """Wait until every rank gets here (over the CPU control group, so a snapshot
+    never waits on the GPU). A no-op in one process."""
+    if world_size() > 1:
+        dist.barrier(group=_state['control'])
+
+
 def agree(action):
     """The solver action that every rank takes: the strongest one requested anywhere.
 

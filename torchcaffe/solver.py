@@ -733,6 +733,7 @@ class SGDSolver:
         # The sidecar before the state: the state is written last, so a run killed
         # at any point leaves either a complete snapshot or no solverstate at all.
         resume_state.write(path, self.iter, self.net)
+        distributed.barrier()  # every rank's own streams are on disk before the commit
         io.write_solverstate(state, path)
         self._last_snapshot_iter = self.iter
         return model, path
@@ -794,6 +795,7 @@ class SGDSolver:
         model = self._snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
         path = self._snapshot_filename(self._state_suffix())
         resume_state.write(distributed.rank_path(path), self.iter, self.net)
+        distributed.barrier()  # rank 0 commits its solverstate after this
         self._last_snapshot_iter = self.iter
         return model, path
 

@@ -511,7 +511,7 @@ def read_label_png(path):
     """An H x W uint8 array of a palette (P) or 8-bit grayscale (L) label PNG."""
     if not os.path.isfile(path):
         raise FileNotFoundError('label PNG not found: %s' % path)
-    with Image.open(path) as im:
+    with Image.open(path, formats=['PNG']) as im:  # never another decoder
         if im.mode not in ('P', 'L'):
             raise ValueError('%s: labels must be a palette (P) or 8-bit grayscale (L) PNG of '
                              'class indices, got mode %r' % (path, im.mode))

@@ -197,9 +197,10 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
+    from seg_layers import IMAGE_FORMATS  # the raster formats the data layers read
     args = parse_args(argv)
     try:
-        seg = np.array(Image.open(args.label))
+        seg = np.array(Image.open(args.label, formats=['PNG']))
         if seg.ndim != 2:
             raise ValueError('%s: a label must be a one-channel image of class indices, got '
                              'shape %s' % (args.label, seg.shape))
@@ -209,7 +210,7 @@ def main(argv=None):
         written = [os.path.join(args.out, name + '_color.png')]
         Image.fromarray(color_seg(seg, palette)).save(written[0])
         if args.image:
-            img = np.array(Image.open(args.image).convert('RGB'))
+            img = np.array(Image.open(args.image, formats=IMAGE_FORMATS).convert('RGB'))
             written.append(os.path.join(args.out, name + '_overlay.jpg'))
             Image.fromarray(vis_seg(img, seg, palette, args.alpha)).save(
                 written[1], quality=95)

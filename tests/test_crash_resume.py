@@ -35,6 +35,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'data'))
 
 import make_demo_data  # noqa: E402
+from voc_tree import make_voc_tree  # noqa: E402
 from nets import voc, write  # noqa: E402
 
 MAX_ITER = 12
@@ -107,13 +108,7 @@ def make_model(folder, name):
 @pytest.fixture
 def tree(tmp_path):
     """Generated scenes in the VOC/SBD layout, two model folders and initial weights."""
-    gen = tmp_path / 'gen'
-    make_demo_data.make_demo_data(out=str(gen), num_train=3, num_val=2, seed=1,
-                                  min_size=48, max_size=64)
-    (tmp_path / 'data' / 'pascal').mkdir(parents=True)
-    (tmp_path / 'data' / 'sbdd').mkdir()
-    os.symlink(gen / 'sbdd', tmp_path / 'data' / 'sbdd' / 'dataset')
-    os.symlink(gen / 'VOC', tmp_path / 'data' / 'pascal' / 'VOC2011')
+    make_voc_tree(tmp_path, num_train=3, num_val=2, seed=1, min_size=48, max_size=64)
     killed, straight = make_model(tmp_path, 'killed'), make_model(tmp_path, 'straight')
     import torchcaffe as caffe
     with training.working_dir(str(killed)):

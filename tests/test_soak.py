@@ -33,6 +33,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'data'))
 
 import make_demo_data  # noqa: E402
+from voc_tree import make_voc_tree  # noqa: E402
 from nets import voc, write  # noqa: E402
 
 pytestmark = [pytest.mark.soak,
@@ -82,13 +83,7 @@ def open_fds():
 
 @pytest.fixture
 def model_dir(tmp_path):
-    gen = tmp_path / 'gen'
-    make_demo_data.make_demo_data(out=str(gen), num_train=4, num_val=2, seed=7,
-                                  min_size=32, max_size=48)
-    (tmp_path / 'data' / 'pascal').mkdir(parents=True)
-    (tmp_path / 'data' / 'sbdd').mkdir()
-    os.symlink(gen / 'sbdd', tmp_path / 'data' / 'sbdd' / 'dataset')
-    os.symlink(gen / 'VOC', tmp_path / 'data' / 'pascal' / 'VOC2011')
+    make_voc_tree(tmp_path, num_train=4, num_val=2, seed=7, min_size=32, max_size=48)
     model = tmp_path / 'model'
     nets = voc.stage_nets('fcn32s', classes=len(make_demo_data.CLASSES), width=1 / 32)
     write.write_nets({k: v for k, v in nets.items() if k != 'deploy'}, str(model))

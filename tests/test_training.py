@@ -12,6 +12,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'data'))
 
 import make_demo_data  # noqa: E402
+from voc_tree import make_voc_tree  # noqa: E402
 from nets import voc, write  # noqa: E402
 
 SOLVER = '''train_net: "train.prototxt"
@@ -35,12 +36,7 @@ random_seed: 5
 @pytest.fixture
 def model_dir(tmp_path):
     """A model folder laid out as the VOC ones: ../data/sbdd/dataset, ../data/pascal/VOC2011."""
-    gen = tmp_path / 'gen'
-    make_demo_data.make_demo_data(out=str(gen), num_train=3, num_val=2, seed=1)
-    (tmp_path / 'data' / 'pascal').mkdir(parents=True)
-    (tmp_path / 'data' / 'sbdd').mkdir()
-    os.symlink(gen / 'sbdd', tmp_path / 'data' / 'sbdd' / 'dataset')
-    os.symlink(gen / 'VOC', tmp_path / 'data' / 'pascal' / 'VOC2011')
+    make_voc_tree(tmp_path, num_train=3, num_val=2, seed=1)
     model = tmp_path / 'model'
     nets = voc.stage_nets('fcn32s', classes=len(make_demo_data.CLASSES), width=1 / 16)
     write.write_nets({k: v for k, v in nets.items() if k != 'deploy'}, str(model))

@@ -191,8 +191,10 @@ def val_ids(solver):
     raise ValueError('the test net has no Python data layer with a split list')
 
 
-def train(solver, max_iter, test_every, val, save_format=False, names=None, heads=None):
-    """Alternate ``solver.step(test_every)`` and segmentation tests up to ``max_iter``.
+def train(solver, max_iter, test_every, val, save_format=False, names=None, heads=None,
+          resumed=False):
+    """Alternate solver steps and segmentation tests up to ``max_iter``, testing at
+    every multiple of ``test_every`` (also after a resume from any iteration).
 
     Parameters
     ----------
@@ -200,6 +202,10 @@ def train(solver, max_iter, test_every, val, save_format=False, names=None, head
         The outputs to score, all in one pass over ``val`` (SIFT Flow's semantic and
         geometric heads). By default the one head ``score`` against ``label`` with
         class ``names``.
+    resumed : bool
+        The solver was restored. A restore at a test iteration tests again first: the
+        snapshot of that iteration is written before its test, so a stop during the
+        test would otherwise lose it.
 
     Returns
     -------
@@ -207,23 +213,31 @@ def train(solver, max_iter, test_every, val, save_format=False, names=None, head
         dict, or with ``heads`` a dict of them by score blob.
     """
     results = []
+    if resumed and solver.iter and not solver.iter % test_every and distributed.is_main():
+        log.info('Iteration %d: testing again after the resume (a stop may have come before '
+                 'its test finished)', solver.iter)
+        results.append(_seg_test(solver, val, save_format, names, heads))
     while solver.iter < max_iter:
-        solver.step(min(test_every, max_iter - solver.iter))
-        if not distributed.is_main():
-            continue  # rank 0 alone scores; the others wait in the next step
-        solver.test_nets[0].share_with(solver.net)
-        if heads is None:
-            hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
-                                      names=names)
-            results.append((solver.iter, score.seg_metrics(hist)))
-            continue
-        hists = score.do_head_tests(solver.test_nets[0], solver.iter, save_format, val, heads)
-        results.append((solver.iter, {
-            h.layer: score.seg_metrics(hist, h.present_only)
-            for h, hist in zip([score.Head(*h) for h in heads], hists)}))
+        # Up to the next multiple of test_every: a resume from iteration k keeps the
+        # schedule (tests at 4000, 8000, ...), not k + 4000.
+        solver.step(min(test_every - solver.iter % test_every, max_iter - solver.iter))
+        if distributed.is_main():  # rank 0 alone scores; the others wait in the next step
+            results.append(_seg_test(solver, val, save_format, names, heads))
     if not solver.param.snapshot or solver.iter % solver.param.snapshot:
         solver.snapshot()
     return results
+
+
+def _seg_test(solver, val, save_format, names, heads):
+    """(iteration, metrics) of the first test net, sharing the train net's weights."""
+    solver.test_nets[0].share_with(solver.net)
+    if heads is None:
+        hist = score.do_seg_tests(solver.test_nets[0], solver.iter, save_format, val,
+                                  names=names)
+        return solver.iter, score.seg_metrics(hist)
+    hists = score.do_head_tests(solver.test_nets[0], solver.iter, save_format, val, heads)
+    return solver.iter, {h.layer: score.seg_metrics(hist, h.present_only)
+                         for h, hist in zip([score.Head(*h) for h in heads], hists)}
 
 
 def parse_args(argv, description, test_every=4000):
@@ -292,7 +306,8 @@ def _run(model_dir, default_weights, args, max_iter=None, heads=None, init=None)
         distributed.attach(solver)  # rank 0's weights everywhere; diffs averaged
         max_iter = args.max_iter or max_iter or solver.param.max_iter
         try:
-            train(solver, max_iter, args.test_every, val_ids(solver), heads=heads)
+            train(solver, max_iter, args.test_every, val_ids(solver), heads=heads,
+                  resumed=bool(args.resume))
         except caffe.TrainingStopped as stop:
             log.info('Stopped at iteration %d; resume with --resume %s',
                      stop.iteration, stop.snapshot)

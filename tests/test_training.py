@@ -159,3 +159,44 @@ def test_generator_states_round_trip_through_json():
     torch.rand(7, generator=gen)
     mode.set_random_state(saved)
     assert torch.equal(torch.rand(5, generator=gen), first)
+
+
+class _CountingSolver:
+    """Just enough of a solver for train()'s schedule: step() advances iter."""
+
+    def __init__(self, start):
+        self.iter = start
+        self.steps = []
+        self.param = type('P', (), {'snapshot': 0})()
+        self.snapshots = []
+
+    def step(self, n):
+        self.steps.append(n)
+        self.iter += n
+
+    def snapshot(self):
+        self.snapshots.append(self.iter)
+
+
+def _tested_iterations(monkeypatch, start, resumed, max_iter=20, test_every=6):
+    solver = _CountingSolver(start)
+    monkeypatch.setattr(training, '_seg_test', lambda s, *a: (s.iter, None))
+    results = training.train(solver, max_iter, test_every, val=[], resumed=resumed)
+    return [it for it, _ in results], solver
+
+
+def test_a_resume_between_tests_keeps_the_test_schedule(monkeypatch):
+    tested, solver = _tested_iterations(monkeypatch, start=4, resumed=True)
+    assert tested == [6, 12, 18, 20]
+    assert solver.steps == [2, 6, 6, 2]
+
+
+def test_a_resume_at_a_test_iteration_tests_it_again_first(monkeypatch):
+    tested, _ = _tested_iterations(monkeypatch, start=12, resumed=True)
+    assert tested == [12, 18, 20]
+
+
+def test_a_fresh_run_tests_at_every_multiple_and_the_end(monkeypatch):
+    tested, solver = _tested_iterations(monkeypatch, start=0, resumed=False)
+    assert tested == [6, 12, 18, 20]
+    assert solver.snapshots == [20]  # snapshot 0 in the solver: the final one only

@@ -50,9 +50,18 @@ from torchcaffe import graph, io
 from torchcaffe.layer_types import create_layer
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
-MODEL_DIRS = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s', 'voc-fcn8s-atonce', 'ilsvrc-nets',
-              'demo/fcn32s', 'demo/fcn16s', 'demo/fcn8s']
-PHASES = {'train': caffe.TRAIN, 'val': caffe.TEST, 'deploy': caffe.TEST}
+MODEL_DIRS = ['voc-fcn32s', 'voc-fcn16s', 'voc-fcn8s', 'voc-fcn8s-atonce', 'voc-fcn-alexnet',
+              'siftflow-fcn32s', 'siftflow-fcn16s', 'siftflow-fcn8s',
+              'nyud-fcn32s-color', 'nyud-fcn32s-hha', 'nyud-fcn32s-color-d',
+              'nyud-fcn32s-color-hha',
+              'pascalcontext-fcn32s', 'pascalcontext-fcn16s', 'pascalcontext-fcn8s',
+              'ilsvrc-nets', 'demo/fcn32s', 'demo/fcn16s', 'demo/fcn8s']
+PHASES = {'train': caffe.TRAIN, 'trainval': caffe.TRAIN, 'val': caffe.TEST, 'test': caffe.TEST,
+          'deploy': caffe.TEST}
+# Channels of the data layers' tops across the families (labels are one channel);
+# NYUD's depth is one channel, concatenated with color into 4-channel 'data'.
+TOP_CHANNELS = {'data': 3, 'color': 3, 'hha': 3, 'depth': 1}
+SCORES = ('score', 'score_sem', 'score_geo')  # SIFT Flow has two heads
 
 # The staged pipeline: (stage, model folder, the stage whose weights it starts from).
 STAGES = [('FCN-32s', 'demo/fcn32s', None),
@@ -138,11 +147,17 @@ def validate(path, phase, image_hw):
     data_shape = (1, 3, h, w) if 'ilsvrc' not in path else (1, 3, 224, 224)
     net = with_input_size(net, data_shape)
     layers = graph.filter_layers(net, graph.make_state(phase))
-    shapes = graph.infer_shapes(layers, {'data': data_shape, 'label': (1, 1, h, w)}, phase)
+    inputs = {top: (1, TOP_CHANNELS.get(top, 1), h, w)
+              for lp in layers if lp.type == 'Python' for top in lp.top}
+    inputs['data'] = data_shape if 'data' in inputs or 'ilsvrc' in path else inputs.get('data')
+    shapes = graph.infer_shapes(layers, {k: v for k, v in inputs.items() if v}, phase)
     crops = ['%s %s' % (lp.name, list(lp.crop_param.offset)) for lp in layers if lp.type == 'Crop']
-    out = 'score' if 'score' in shapes else list(shapes)[-1]
-    if out == 'score' and shapes['score'][2:] != (h, w):
-        raise SystemExit('%s: score %s does not match the input %s' % (path, shapes['score'], (h, w)))
+    outs = [b for b in SCORES if b in shapes] or [list(shapes)[-1]]
+    for out in outs:
+        if out in SCORES and shapes[out][2:] != (h, w):
+            raise SystemExit('%s: %s %s does not match the input %s'
+                             % (path, out, shapes[out], (h, w)))
+    out = outs[0]
     return dict(layers=len(layers), out='%s %s' % (out, 'x'.join(map(str, shapes[out]))),
                 params=param_count(layers, shapes, phase), crops=', '.join(crops) or '-')
 
@@ -196,7 +211,7 @@ def validate_nets(out_dir, image, label):
     print('demo image %s: %d x %d, label classes: %s'
           % (os.path.relpath(image, ROOT), image_hw[0], image_hw[1], ', '.join(present)))
     failures = 0
-    print('\n%-18s %-6s %-9s %6s %-22s %12s  %s' % ('model', 'net', 'committed', 'layers',
+    print('\n%-21s %-8s %-9s %6s %-22s %12s  %s' % ('model', 'net', 'committed', 'layers',
                                                  'output', 'params', 'crop offsets'))
     for folder in MODEL_DIRS:
         for name, same in regenerate(folder, os.path.join(out_dir, folder)):
@@ -204,13 +219,13 @@ def validate_nets(out_dir, image, label):
             info = validate(os.path.join(ROOT, folder, name),
                             PHASES.get(net_name, caffe.TEST), image_hw)
             failures += not same
-            print('%-18s %-6s %-9s %6d %-22s %12s  %s'
-                  % (folder, net_name[:6], 'same' if same else 'DIFFERS', info['layers'],
+            print('%-21s %-8s %-9s %6d %-22s %12s  %s'
+                  % (folder, net_name[:8], 'same' if same else 'DIFFERS', info['layers'],
                      info['out'], '{:,}'.format(info['params']), info['crops']))
         solver_path = os.path.join(ROOT, folder, 'solver.prototxt')
         if os.path.exists(solver_path):
             s = io.read_solver_prototxt(solver_path)
-            print('%-18s solver base_lr %g momentum %g weight_decay %g max_iter %d snapshot %d'
+            print('%-21s solver   base_lr %g momentum %g weight_decay %g max_iter %d snapshot %d'
                   % (folder, s.base_lr, s.momentum, s.weight_decay, s.max_iter, s.snapshot))
     print('\nweights round trip (narrow FCN-8s deploy, demo image size):')
     for name, size, same in roundtrip_weights(out_dir, image_hw):

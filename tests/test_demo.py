@@ -16,8 +16,14 @@ def test_validate_only_checks_every_net_and_round_trips_weights(tmp_path, capsys
     out = capsys.readouterr().out
     assert 'DIFFERS' not in out and 'MISMATCH' not in out
     # The real VOC image is 500 rows x 334 columns: the score map comes out that size.
-    assert out.count('score 1x21x500x334') == 12
+    assert out.count('score 1x21x500x334') == 15  # 4 VGG16 + AlexNet x train/val/deploy
     assert out.count('score 1x4x500x334') == 9  # the demo nets: 3 stages x train/val/deploy
+    # The other families, with their own data-layer tops: SIFT Flow's two heads (3 stages x
+    # trainval/test), NYUDv2's 4 modalities incl. 4-channel color-d and the late fusion,
+    # PASCAL-Context's 60 classes (3 stages x train/val/deploy).
+    assert out.count('score_sem 1x33x500x334') == 6
+    assert out.count('score 1x40x500x334') == 8
+    assert out.count('score 1x60x500x334') == 9
     assert 'score_pool4c [5], score_pool3c [9], score [31]' in out
     assert (tmp_path / 'nets' / 'voc-fcn8s' / 'train.prototxt').exists()
     assert (tmp_path / 'nets' / 'demo' / 'fcn8s' / 'deploy.prototxt').exists()

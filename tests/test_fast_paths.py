@@ -36,6 +36,22 @@ def cpu_mode():
     caffe.set_mode_cpu()
 
 
+@pytest.fixture(autouse=True)
+def fast_upsampling(monkeypatch):
+    """These tests exercise the opt-in grouped upsampling path."""
+    monkeypatch.setattr(Deconvolution, 'diagonal_fast_path', True)
+
+
+def test_the_grouped_upsampling_path_is_off_unless_asked_for(monkeypatch):
+    monkeypatch.undo()  # the class default, without the fixture above
+    net = make_net(UPSAMPLE % ('', 0))
+    net.params['up'][0].data[...] = diagonal_weight()
+    assert not net.layer_dict['up'].diagonal_fast_path
+    with DeconvWeights() as seen:
+        net.forward()
+    assert seen.shapes == [(3, 3, 4, 4)]  # the dense weight: Caffe's numbers by default
+
+
 class DeconvWeights(TorchFunctionMode):
     """Records the weight shape of every transposed convolution run inside it."""
 

@@ -227,13 +227,18 @@ class Deconvolution(_ConvBase):
     (0 * inf), the grouped one keeps them in their own. The weight is checked again
     only when its data may have changed (:meth:`torchcaffe.blob.Blob.data_token`;
     on an accelerator the check reads one flag from the device); a weight that is
-    not diagonal runs densely. Set ``diagonal_fast_path = False`` on the class or
-    on one layer for the dense op always.
+    not diagonal runs densely.
+
+    The fast path is opt-in (``Deconvolution.diagonal_fast_path = True``, on the
+    class or on one layer): the reordered sums move results by an ulp, which grows
+    over thousands of SGD steps, and NaN propagates differently from Caffe; at FCN's
+    real sizes the upsamplers are under 1 % of the work, so the default keeps the
+    dense op and the plain path's numbers.
     """
     type = 'Deconvolution'
     bottom_counts = (1, None)
     top_counts = (1, None)
-    diagonal_fast_path = True
+    diagonal_fast_path = False
 
     def __init__(self, layer_param, phase):
         super().__init__(layer_param, phase)

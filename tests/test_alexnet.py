@@ -22,43 +22,15 @@ import surgery
 import torchcaffe as caffe
 from torchcaffe import caffe_pb2, io
 from nets import alexnet, fcn, voc, write
+from test_nets import LEARNED, assert_layers, fields, layer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 FOLDER = os.path.join(ROOT, 'voc-fcn-alexnet')
 WIDTH = 1 / 16
 
 
-def fields(msg):
-    """The fields set in ``msg`` as plain data: enums by name, floats to 7 digits."""
-    out = {}
-    for fd, value in msg.ListFields():
-        plain = [_plain(fd, v) for v in value] if fd.is_repeated else _plain(fd, value)
-        out[fd.name] = plain
-    return out
-
-
-def _plain(fd, value):
-    if fd.type == fd.TYPE_MESSAGE:
-        return fields(value)
-    if fd.type == fd.TYPE_ENUM:
-        return fd.enum_type.values_by_number[value].name
-    if fd.type == fd.TYPE_FLOAT:
-        return float('%.7g' % value)
-    return value
-
-
-def layer(name, type_, bottom, top, **more):
-    d = {'name': name, 'type': type_}
-    if bottom:
-        d['bottom'] = list(bottom)
-    d['top'] = list(top)
-    d.update(more)
-    return d
-
-
 # ------------------------------------------------------------------------ the reference
 
-LEARNED = [{'lr_mult': 1.0, 'decay_mult': 1.0}, {'lr_mult': 2.0, 'decay_mult': 0.0}]
 LRN = {'local_size': 5, 'alpha': 0.0001, 'beta': 0.75}
 MEAN = '(104.00699, 116.66877, 122.67892)'
 DATA = {
@@ -126,13 +98,6 @@ def expected_fcn(split, classes=21, w=lambda c: c):
         layers.append(layer('loss', 'SoftmaxWithLoss', ['score', 'label'], ['loss'],
                             loss_param={'ignore_label': 255, 'normalize': True}))
     return layers
-
-
-def assert_layers(net, expected):
-    got = [fields(l) for l in net.layer]
-    assert [g['name'] for g in got] == [e['name'] for e in expected]
-    for g, e in zip(got, expected):
-        assert g == e, 'layer %s' % e['name']
 
 
 # ------------------------------------------------------------------------ the files

@@ -24,6 +24,8 @@ import training
 from torchcaffe import io
 from voc_layers import DataFileNotFoundError, DataLayerError
 from nets import pascalcontext, write
+from test_nets import assert_layers, conv, crop, fields, fuse, layer
+from test_nets import score as nets_score, up as nets_up
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 STAGES = {'fcn32s': 'pascalcontext-fcn32s', 'fcn16s': 'pascalcontext-fcn16s',
@@ -32,61 +34,14 @@ SPLITS = ('train', 'val', 'deploy')
 WIDTH = 1 / 16
 
 
-def fields(msg):
-    """The fields set in ``msg`` as plain data: enums by name, floats to 7 digits."""
-    out = {}
-    for fd, value in msg.ListFields():
-        out[fd.name] = [_plain(fd, v) for v in value] if fd.is_repeated else _plain(fd, value)
-    return out
-
-
-def _plain(fd, value):
-    if fd.type == fd.TYPE_MESSAGE:
-        return fields(value)
-    if fd.type == fd.TYPE_ENUM:
-        return fd.enum_type.values_by_number[value].name
-    if fd.type == fd.TYPE_FLOAT:
-        return float('%.7g' % value)
-    return value
-
-
 # ------------------------------------------------------------------------ the reference nets
 
-LEARNED = [{'lr_mult': 1.0, 'decay_mult': 1.0}, {'lr_mult': 2.0, 'decay_mult': 0.0}]
-FIXED = [{'lr_mult': 0.0}]
-
-
-def layer(name, type_, bottom, top, **more):
-    d = {'name': name, 'type': type_}
-    if bottom:
-        d['bottom'] = list(bottom)
-    d['top'] = list(top)
-    d.update(more)
-    return d
-
-
-def conv(name, bottom, nout, ks=3, pad=1):
-    return layer(name, 'Convolution', [bottom], [name], param=LEARNED, convolution_param={
-        'num_output': nout, 'pad': [pad], 'kernel_size': [ks], 'stride': [1]})
-
-
 def score_layer(name, bottom, c=60):
-    return layer(name, 'Convolution', [bottom], [name], param=LEARNED,
-                 convolution_param={'num_output': c, 'pad': [0], 'kernel_size': [1]})
+    return nets_score(name, bottom, c)
 
 
 def up(name, bottom, kernel, stride, c=60):
-    return layer(name, 'Deconvolution', [bottom], [name], param=FIXED, convolution_param={
-        'num_output': c, 'bias_term': False, 'kernel_size': [kernel], 'stride': [stride]})
-
-
-def crop(name, bottom, like, offset):
-    return layer(name, 'Crop', [bottom, like], [name], crop_param={'axis': 2,
-                                                                   'offset': [offset]})
-
-
-def fuse(name, a, b):
-    return layer(name, 'Eltwise', [a, b], [name], eltwise_param={'operation': 'SUM'})
+    return nets_up(name, bottom, c, kernel, stride)
 
 
 def data_layer(split):
@@ -166,11 +121,7 @@ def test_regenerated_prototxts_equal_the_committed_files(stage, tmp_path):
 def test_net_matches_the_reference_layer_for_layer(stage, split):
     net = io.read_net_prototxt(os.path.join(ROOT, STAGES[stage], split + '.prototxt'),
                                upgrade=False)
-    got = [fields(l) for l in net.layer]
-    want = expected_net(stage, split)
-    assert [g['name'] for g in got] == [e['name'] for e in want]
-    for g, e in zip(got, want):
-        assert g == e, 'layer %s' % e['name']
+    assert_layers(net, expected_net(stage, split))
 
 
 @pytest.mark.parametrize('stage, base_lr', [('fcn32s', 1e-10), ('fcn16s', 1e-12),

@@ -33,7 +33,6 @@ import argparse
 import contextlib
 import ctypes
 import gc
-import importlib.util
 import itertools
 import json
 import logging
@@ -57,6 +56,7 @@ import torchcaffe as caffe  # noqa: E402
 from torchcaffe import caffe_pb2, graph, io  # noqa: E402
 from torchcaffe.layer_types import create_layer  # noqa: E402
 from nets import voc  # noqa: E402
+from demo import load_generator  # noqa: E402
 from benchmarks.bench_engine import interleaved, set_mode, with_input_layer  # noqa: E402
 from benchmarks.fcn_module import (FCN, bilinear_weight, caffe_sgd, freeze_fixed,  # noqa: E402
                                    load_arrays, softmax_loss)
@@ -250,21 +250,12 @@ class PeakMemory:
 
 # ------------------------------------------------------------------------ inputs
 
-def _demo_writers():
-    """data/make_demo_data.py (not a package), for its JPEG and SBD .mat encoders."""
-    path = os.path.join(ROOT, 'data', 'make_demo_data.py')
-    spec = importlib.util.spec_from_file_location('make_demo_data', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def make_sbd_tree(root, size, count, seed=0):
     """An SBD ``dataset`` folder of ``count`` images of one size: ``img/*.jpg``,
     ``cls/*.mat`` and ``train.txt``. Images are smooth colour fields with noise,
     labels blocks of random classes. Returns the folder."""
     from PIL import Image
-    writers = _demo_writers()
+    writers = load_generator()  # its JPEG and SBD .mat encoders
     h, w = size
     sbdd = os.path.join(root, 'sbdd-' + size_name(size))
     for sub in ('img', 'cls'):

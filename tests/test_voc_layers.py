@@ -4,7 +4,6 @@ Samples come from the real PASCAL VOC image and label in data/demo/ (copied into
 temporary VOC tree) and from tiny trees written by data/make_demo_data.py.
 """
 import gc
-import importlib.util
 import logging
 import math
 import os
@@ -19,6 +18,7 @@ from PIL import Image
 
 import torchcaffe as caffe
 import voc_layers
+from demo import load_generator
 from voc_layers import (VOCSegDataLayer, SBDDSegDataLayer, DataLayerError,
                         DataFileNotFoundError, MEAN_BGR)
 
@@ -27,15 +27,7 @@ DEMO_IMAGE = os.path.join(ROOT, 'data', 'demo', 'image.jpg')
 DEMO_LABEL = os.path.join(ROOT, 'data', 'demo', 'label.png')
 
 
-def _load_generator():
-    path = os.path.join(ROOT, 'data', 'make_demo_data.py')
-    spec = importlib.util.spec_from_file_location('make_demo_data', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_demo_data = _load_generator()
+make_demo_data = load_generator()
 
 
 # ------------------------------------------------------------------------ fixtures

@@ -28,6 +28,7 @@ Layer implementations live in ``torchcaffe.layer_types``; Python layers in
 ``torchcaffe.python_layer``; blobs in ``torchcaffe.blob``; the CPU/GPU mode in
 ``torchcaffe.mode``.
 """
+import contextlib
 import logging
 import os
 from collections import OrderedDict
@@ -622,14 +623,10 @@ class Net:
             self._graph_freed = False
         # Under set_precision('bf16') the layers run in bfloat16 autocast (a no-op
         # context otherwise); params stay float32 and loss layers compute in float32.
-        with mode.autocast(self._device):
-            if self.autograd:
-                for step in steps:
-                    step.run(force_backward)
-            else:
-                with torch.no_grad():
-                    for step in steps:
-                        step.run(force_backward)
+        recording = contextlib.nullcontext() if self.autograd else torch.no_grad()
+        with mode.autocast(self._device), recording:
+            for step in steps:
+                step.run(force_backward)
 
     def reshape(self):
         """Propagate the input blobs' shapes through every layer (Caffe's Net::Reshape)."""

@@ -709,27 +709,30 @@ class SGDSolver:
         (str, str) : the model and state file names.
         """
         self._flush_losses()
-        if not distributed.is_main():
-            return self._rank_snapshot()
         param = self.param
+        hdf5 = param.snapshot_format == _HDF5
+        model = self._snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
+        path = self._snapshot_filename(self._state_suffix())
+        if not distributed.is_main():
+            # A data-parallel rank other than 0 writes no snapshot (Caffe's root solver
+            # alone does): only its own random streams (data layers, Dropout), in
+            # <state>.rank<R>.resume.json beside rank 0's state, for an exact resume.
+            resume_state.write(distributed.rank_path(path), self.iter, self.net)
+            distributed.barrier()  # rank 0 commits its solverstate after this
+            self._last_snapshot_iter = self.iter
+            return model, path
         net_param = self.net.to_proto(write_diff=param.snapshot_diff)
-        if param.snapshot_format == _HDF5:
-            model = self._snapshot_filename('.caffemodel.h5')
-            log.info('Snapshotting to HDF5 file %s', model)
+        kind = 'HDF5 file' if hdf5 else 'binary proto file'
+        log.info('Snapshotting to %s %s', kind, model)
+        if hdf5:
             io.write_caffemodel_h5(net_param, model, write_diff=param.snapshot_diff)
         else:
-            model = self._snapshot_filename('.caffemodel')
-            log.info('Snapshotting to binary proto file %s', model)
             io.write_caffemodel(net_param, model)
         state = caffe_pb2.SolverState(iter=self.iter, learned_net=model,
                                       current_step=self.current_step)
         for h in self.history:
             state.history.add().CopyFrom(io.array_to_blobproto(h))
-        path = self._snapshot_filename(self._state_suffix())
-        if param.snapshot_format == _HDF5:
-            log.info('Snapshotting solver state to HDF5 file %s', path)
-        else:
-            log.info('Snapshotting solver state to binary proto file %s', path)
+        log.info('Snapshotting solver state to %s %s', kind, path)
         # The sidecar before the state: the state is written last, so a run killed
         # at any point leaves either a complete snapshot or no solverstate at all.
         resume_state.write(path, self.iter, self.net)
@@ -786,18 +789,6 @@ class SGDSolver:
         self.current_step = state.current_step
         self._iterations_last = self.iter
         resume_state.load(distributed.rank_path(state_file), self.iter, self.net)
-
-    def _rank_snapshot(self):
-        """A data-parallel rank other than 0 writes no snapshot (Caffe's root solver
-        alone does): only its own random streams (data layers, Dropout), in
-        ``<state>.rank<R>.resume.json`` beside rank 0's state, for an exact resume."""
-        hdf5 = self.param.snapshot_format == _HDF5
-        model = self._snapshot_filename('.caffemodel.h5' if hdf5 else '.caffemodel')
-        path = self._snapshot_filename(self._state_suffix())
-        resume_state.write(distributed.rank_path(path), self.iter, self.net)
-        distributed.barrier()  # rank 0 commits its solverstate after this
-        self._last_snapshot_iter = self.iter
-        return model, path
 
     def _param_names(self):
         """'layer <name> blob <j>' for each learnable param (its owner's)."""

@@ -108,12 +108,11 @@ def latest_solverstate(folder):
 def remove_stale_temp_files(prefix):
     """Delete the temporary files a killed run left beside its snapshots.
 
-    Snapshots are written to ``.<name>.<random>.tmp`` and renamed; a run killed
-    between the two leaves the temporary file (as big as a snapshot) behind.
+    Snapshots are written to a temporary file and renamed (``io.atomic_path``); a
+    run killed between the two leaves the temporary file (as big as a snapshot).
     """
     folder, name = os.path.split(prefix)
-    for path in glob.glob(os.path.join(glob.escape(folder or '.'),
-                                       '.%s_iter_*.tmp' % glob.escape(name))):
+    for path in caffe.io.leftover_temp_files(folder, glob.escape(name) + '_iter_*'):
         log.info('Removing %s, left by an interrupted snapshot', path)
         with contextlib.suppress(OSError):
             os.remove(path)

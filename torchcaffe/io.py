@@ -21,6 +21,7 @@ all raise ``FormatError``. Cutting a file exactly between two top-level fields (
 layers) still leaves a valid, shorter message; no format-level check can see that.
 """
 import contextlib
+import glob
 import math
 import os
 import re
@@ -42,7 +43,7 @@ __all__ = [
     'message_to_text', 'read_caffemodel', 'write_caffemodel', 'write_caffemodel_h5',
     'read_solverstate', 'write_solverstate', 'blobproto_to_array', 'array_to_blobproto',
     'blob_shape', 'legacy_shape_equals', 'array_to_datum', 'datum_to_array',
-    'is_placeholder_blob', 'atomic_path', 'needs_upgrade', 'upgrade_net_param',
+    'is_placeholder_blob', 'atomic_path', 'leftover_temp_files', 'needs_upgrade', 'upgrade_net_param',
 ]
 
 _LEGACY_DIMS = ('num', 'channels', 'height', 'width')
@@ -78,6 +79,16 @@ def _pause_before_rename():
         time.sleep(float(pause))
 
 
+_TEMP_SUFFIX = '.tmp'
+
+
+def leftover_temp_files(folder, name_glob):
+    """The temporary files of :func:`atomic_path` for targets in ``folder`` whose
+    names match ``name_glob``: left behind only by a process killed mid-write."""
+    return glob.glob(os.path.join(glob.escape(folder or '.'),
+                                  '.%s.*%s' % (name_glob, _TEMP_SUFFIX)))
+
+
 @contextlib.contextmanager
 def atomic_path(path):
     """Yield a temporary path beside ``path``; on success move it over ``path``.
@@ -90,7 +101,7 @@ def atomic_path(path):
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=directory, prefix='.%s.' % os.path.basename(path),
-                               suffix='.tmp')
+                               suffix=_TEMP_SUFFIX)
     os.close(fd)
     try:
         yield tmp

@@ -16,5 +16,6 @@ if [ ! -f "$STAMP" ]; then
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
 fi
+source "$ROOT/scripts/system_deps.sh"
 export PATH="$VENV/bin:$PATH"
 cd "$ROOT"

@@ -579,16 +579,40 @@ def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, laye
     return hist, mean_loss, ids
 
 
-def score_folders(pred_dir, gt_dir, ids, num_classes, checkpoint=None):
+def check_gt_labels(truth, num_classes, ignore_label, path):
+    """Refuse ground-truth labels that are neither a class nor the ignore label.
+
+    The data layers and SoftmaxWithLoss refuse such labels; a folder of label PNGs
+    gets the same rule rather than having those pixels silently left out.
+
+    >>> check_gt_labels(np.array([[0, 1], [255, 2]]), 3, 255, 'a.png')
+    >>> check_gt_labels(np.array([[0, 100], [100, 7]]), 3, 255, 'a.png')
+    Traceback (most recent call last):
+    ...
+    ValueError: a.png: 3 pixels labelled outside the 3 classes [0, 3) and not the ignore label 255: label 7 (1 pixels), label 100 (2 pixels)
+    """
+    bad = (truth >= num_classes) & (truth != ignore_label)
+    if not bad.any():
+        return
+    values, counts = np.unique(truth[bad], return_counts=True)
+    detail = ', '.join('label %d (%d pixels)' % (v, c) for v, c in zip(values, counts))
+    raise ValueError('%s: %d pixels labelled outside the %d classes [0, %d) and not the '
+                     'ignore label %d: %s' % (path, bad.sum(), num_classes, num_classes,
+                                              ignore_label, detail))
+
+
+def score_folders(pred_dir, gt_dir, ids, num_classes, checkpoint=None, ignore_label=255):
     """Confusion matrix of ``<pred_dir>/<id>.png`` against ``<gt_dir>/<id>.png``.
 
     ``checkpoint`` (a :class:`ScoreProgress`) saves partial results and resumes.
+    Ground-truth pixels labelled ``ignore_label`` (VOC's 255 void) are not counted.
 
     Raises
     ------
     FileNotFoundError, ValueError
-        A missing or unreadable PNG, sizes that differ, or a predicted class
-        outside ``[0, num_classes)``, naming the file.
+        A missing or unreadable PNG, sizes that differ, a predicted class outside
+        ``[0, num_classes)``, or a ground-truth label that is neither a class nor
+        ``ignore_label`` (:func:`check_gt_labels`), naming the file.
     """
     hist = np.zeros((num_classes, num_classes), np.int64)
     start = 0
@@ -606,6 +630,7 @@ def score_folders(pred_dir, gt_dir, ids, num_classes, checkpoint=None):
         if pred.size and pred.max() >= num_classes:
             raise ValueError('%s predicts class %d, but there are %d classes'
                              % (pred_path, pred.max(), num_classes))
+        check_gt_labels(truth, num_classes, ignore_label, gt_path)
         hist += fast_hist(truth, pred, num_classes)
         if checkpoint is not None:
             checkpoint.save(done, [hist], [], final=done == len(ids))
@@ -657,6 +682,10 @@ def parse_args(argv=None):
     parser.add_argument('--layer', default='score', help='score blob (default %(default)s)')
     parser.add_argument('--gt', default='label', help='label blob (default %(default)s)')
     parser.add_argument('--loss', default='loss', help='loss blob (default %(default)s)')
+    parser.add_argument('--ignore-label', type=int, default=255,
+                        help='with --gt-dir: the ground-truth label not counted (default '
+                             '%(default)s, VOC\'s void); any other label >= the class count '
+                             'is an error, as in the data layers')
     parser.add_argument('--present-only', action='store_true',
                         help='mean accuracy and mean IU over the classes present in the '
                              'ground truth only (the FCN paper\'s SIFT Flow evaluation)')
@@ -710,7 +739,9 @@ def main(argv=None):
                 f[:-4] for f in os.listdir(args.pred_dir) if f.endswith('.png'))
             if not ids:
                 raise ValueError('%s holds no .png predictions' % args.pred_dir)
-            hist, loss = score_folders(args.pred_dir, args.gt_dir, ids, n, checkpoint), None
+            hist = score_folders(args.pred_dir, args.gt_dir, ids, n, checkpoint,
+                                 args.ignore_label)
+            loss = None
             info = dict(pred_dir=args.pred_dir, gt_dir=args.gt_dir)
         else:
             if args.gpu is not None:

@@ -33,12 +33,13 @@ import h5py
 import numpy as np
 import pytest
 import scipy.io
+import torch
 from PIL import Image
 
 import torchcaffe as caffe
 from torchcaffe import io as cio
 from torchcaffe.errors import (FormatError, LabelError, NetGraphError, NetMismatchError,
-                               PrototxtError, ShapeError, SnapshotError, UnknownLayerError)
+                               OutOfMemoryError, PrototxtError, ShapeError, SnapshotError, UnknownLayerError)
 from torchcaffe.solver import DivergedError
 
 import download
@@ -247,6 +248,35 @@ def pool_pad_not_below_kernel(ctx):
 def forward_input_shape(ctx):
     net = build(ctx, input_layer(), conv('conv', 'data'))
     net.forward(data=np.zeros((1, 3, 4, 4), np.float32))
+
+
+# Sizes past any machine's address space (2**47 bytes), so that the allocation fails at
+# once whatever the kernel's overcommit policy; the issue's 1x3x100000x100000 input
+# (120 GB) gives the same error on a machine with less memory than that.
+HUGE_INPUT = (1, 3, 10 ** 7, 10 ** 7)
+
+
+def input_too_large_for_memory(ctx):
+    net = build(ctx, input_layer('data', HUGE_INPUT), conv('conv', 'data'))
+    net.forward()
+
+
+def conv_num_output_too_large(ctx):
+    build(ctx, input_layer('data', (1, 3, 100, 100)),
+          conv('conv', 'data', num_output=2000000000, kernel=100))
+
+
+def cuda_out_of_memory_in_a_layer(ctx):
+    """torch's CUDA allocator error, raised where a GPU would raise it (in the layer)."""
+    net = build(ctx, input_layer(), conv('conv', 'data'))
+    layer = net.layer_dict['conv']
+    impl = getattr(layer, 'layer', layer)
+
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError('CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 '
+                                     'has a total capacity of 139.81 GiB')
+    ctx.mp.setattr(impl, 'forward', oom)
+    net.forward()
 
 
 def label_out_of_range(ctx):
@@ -827,6 +857,23 @@ def cli_score_missing_pred_dir(ctx):
                         '--classes', '21']
 
 
+def cli_score_gt_label_out_of_range(ctx):
+    save_label(ctx.path('preds', 'a.png'), (4, 5), value=1)
+    gt = np.zeros((4, 5), np.uint8)
+    gt[0, :3] = 100  # not a class of 21, not the void 255
+    gt[1, 0] = 255
+    os.makedirs(ctx.path('gt'))
+    Image.fromarray(gt).save(ctx.path('gt', 'a.png'), format='PNG')
+    return score.main, ['--pred-dir', ctx.path('preds'), '--gt-dir', ctx.path('gt'),
+                        '--classes', '21']
+
+
+def cli_score_net_too_large_for_memory(ctx):
+    net = write_net(ctx, 'val.prototxt', input_layer('data', (1, 3, 100, 100)),
+                    conv('score', 'data', num_output=2000000000, kernel=100))
+    return score.main, [net, ctx.write('w.caffemodel', b'')]
+
+
 def cli_infer_missing_deploy(ctx):
     save_rgb(ctx.path('images', 'x.jpg'), (4, 4))
     return infer.main, [ctx.path('absent_deploy.prototxt'), ctx.path('w.caffemodel'),
@@ -930,6 +977,18 @@ CASES = [
          ShapeError, ["'pool'", 'pad', '(1, 3, 8, 8)'], pool_pad_not_below_kernel),
     Case('forward-input-shape', 'a 4 x 4 array for an 8 x 8 input', 'Net.forward(data=...)',
          ShapeError, ["'data'", '(1, 3, 4, 4)', '(1, 3, 8, 8)'], forward_input_shape),
+    Case('input-too-large-for-memory', 'Input of 1x3x1e7x1e7 (1.2 PB)', 'Net.forward',
+         OutOfMemoryError, ["layer 'data' (Input)", "'data' (1, 3, 10000000, 10000000)",
+                            '1200000000000000 bytes', 'out of cpu memory'],
+         input_too_large_for_memory),
+    Case('conv-num-output-too-large', 'Convolution num_output 2e9, kernel 100',
+         'Net(prototxt)', OutOfMemoryError,
+         ["layer 'conv' (Convolution), param 0", '(2000000000, 3, 100, 100)',
+          '240000000000000 bytes'], conv_num_output_too_large),
+    Case('cuda-out-of-memory-in-layer', "torch's CUDA OOM inside a layer's forward",
+         'Net.forward', OutOfMemoryError,
+         ["layer 'conv' (Convolution)", "top 'conv' (1, 4, 6, 6)", '2147483648 bytes',
+          'out of cuda memory'], cuda_out_of_memory_in_a_layer),
     Case('label-out-of-range', 'label 7 with 5 classes (not 255)', 'Net.forward',
          LabelError, ["'loss'", 'label 7', '[0, 5)'], label_out_of_range),
     # --- weights files
@@ -1062,6 +1121,13 @@ CASES = [
          ['score.py: error', 'empty.caffemodel', 'empty file'], cli_score_empty_weights),
     Case('cli-score-missing-pred-dir', 'no such prediction folder', 'score.py --pred-dir', CLI,
          ['score.py: error', 'no_preds'], cli_score_missing_pred_dir),
+    Case('cli-score-gt-label-out-of-range', 'ground truth labelled 100 with --classes 21',
+         'score.py --gt-dir', CLI, ['score.py: error', 'a.png', '3 pixels', 'label 100',
+                                    '[0, 21)', 'ignore label 255'],
+         cli_score_gt_label_out_of_range),
+    Case('cli-score-net-too-large', 'a val net whose conv needs 240 TB', 'score.py', CLI,
+         ['score.py: error', "layer 'score' (Convolution), param 0", 'bytes'],
+         cli_score_net_too_large_for_memory),
     Case('cli-infer-missing-deploy', 'no such deploy prototxt', 'infer.py', CLI,
          ['infer.py: error', 'absent_deploy.prototxt'], cli_infer_missing_deploy),
     Case('cli-infer-no-images', 'an image folder without images', 'infer.py', CLI,

@@ -71,5 +71,16 @@ class LabelError(CaffeError, ValueError):
     SoftmaxWithLoss CHECKs it); the message names the layer and the value."""
 
 
+class OutOfMemoryError(CaffeError, MemoryError):
+    """Memory for a blob, a param or a layer's output cannot be had (CPU or CUDA); the
+    message names the layer, the blob or param, its shape and the bytes asked for.
+
+    ``bytes_requested`` holds that count (None when the allocator did not say)."""
+
+    def __init__(self, message, bytes_requested=None):
+        super().__init__(message)
+        self.bytes_requested = bytes_requested
+
+
 class SnapshotError(CaffeError, OSError):
     """Snapshots cannot be written where the solver's ``snapshot_prefix`` points."""

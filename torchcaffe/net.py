@@ -38,6 +38,7 @@ import torch
 
 from . import blob as blob_module
 from . import graph, io, mode
+from .memory import reraise_oom
 from .blob import Blob
 from .errors import CaffeError, NetGraphError, NetMismatchError, ShapeError
 from .layer_types import create_layer
@@ -378,7 +379,11 @@ class Net:
     @staticmethod
     def _make_params(layer, bottom_shapes, generator):
         shapes = [tuple(int(d) for d in s) for s in layer.param_shapes(bottom_shapes)]
-        tensors = [torch.zeros(s, dtype=torch.float32) for s in shapes]
+        tensors = []
+        for k, s in enumerate(shapes):
+            with reraise_oom('layer %r (%s), param %d' % (layer.layer_param.name, layer.type, k),
+                             s, device='cpu'):
+                tensors.append(torch.zeros(s, dtype=torch.float32))
         layer.fill_params(tensors, bottom_shapes, generator)
         blobs = []
         for t in tensors:
@@ -626,7 +631,8 @@ class Net:
         recording = contextlib.nullcontext() if self.autograd else torch.no_grad()
         with mode.autocast(self._device), recording:
             for step in steps:
-                step.run(force_backward)
+                with reraise_oom(_oom_where(step), device=self._device):
+                    step.run(force_backward)
 
     def reshape(self):
         """Propagate the input blobs' shapes through every layer (Caffe's Net::Reshape)."""
@@ -735,7 +741,8 @@ class Net:
             for b in self.learnable_params:
                 if b._diff.tensor is not None:
                     b.diff_tensor()  # host writes go to the device before accumulating
-        torch.autograd.backward(roots, grads, retain_graph=retain_graph)
+        with reraise_oom('net %r, backward pass' % self.name, device=self._device):
+            torch.autograd.backward(roots, grads, retain_graph=retain_graph)
         self._graph_freed = not retain_graph
         if self._mirrored:
             for step in self._steps:
@@ -925,6 +932,13 @@ class Net:
                 if s._data.tensor is None:
                     s._allocate(s._data)
                 dst._data = s._data
+
+
+def _oom_where(step):
+    """The layer and the tops (with shapes) a forward step makes, for memory errors."""
+    tops = ', '.join('%r %s' % (name, tuple(blob.shape))
+                     for name, blob in zip(step.lp.top, step.tops))
+    return 'layer %r (%s) making top %s' % (step.name, step.lp.type, tops)
 
 
 def _given_loss_weights(lp, where):

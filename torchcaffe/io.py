@@ -10,7 +10,9 @@
 Nets are upgraded on load as Caffe upgrades them (see ``torchcaffe.upgrade``). Every
 write goes to a temporary file in the target's directory, is fsynced, then renamed over
 the target: a failed write leaves the old file as it was. pycaffe's ``caffe.io`` blob
-helpers ``blobproto_to_array`` / ``array_to_blobproto`` live here too.
+helpers ``blobproto_to_array`` / ``array_to_blobproto`` (and the BlobProtoVector
+ones) live here too; its image helpers (``load_image``, ``Transformer``, ...) are
+in ``torchcaffe.image_io`` and re-exported here.
 
 Binary files are checked before use, since protobuf "parses" many wrong inputs:
 an empty file, a parse error, top-level fields the schema does not know (how a
@@ -43,6 +45,8 @@ __all__ = [
     'message_to_text', 'read_caffemodel', 'write_caffemodel', 'write_caffemodel_h5',
     'read_solverstate', 'write_solverstate', 'blobproto_to_array', 'array_to_blobproto',
     'blob_shape', 'legacy_shape_equals', 'array_to_datum', 'datum_to_array',
+    'arraylist_to_blobprotovector_str', 'blobprotovector_str_to_arraylist',
+    'load_image', 'resize_image', 'oversample', 'Transformer',
     'is_placeholder_blob', 'atomic_path', 'leftover_temp_files', 'needs_upgrade', 'upgrade_net_param',
 ]
 
@@ -697,3 +701,24 @@ def datum_to_array(datum):
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
     return np.array(datum.float_data, dtype=np.float32).reshape(shape)
+
+
+def arraylist_to_blobprotovector_str(arraylist):
+    """A serialized BlobProtoVector of the arrays (pycaffe's
+    ``caffe.io.arraylist_to_blobprotovector_str``)."""
+    vec = caffe_pb2.BlobProtoVector()
+    vec.blobs.extend([array_to_blobproto(arr) for arr in arraylist])
+    return vec.SerializeToString()
+
+
+def blobprotovector_str_to_arraylist(data):
+    """The arrays of a serialized BlobProtoVector (pycaffe's
+    ``caffe.io.blobprotovector_str_to_arraylist``)."""
+    vec, reason = _parse_binary(data, caffe_pb2.BlobProtoVector)
+    if vec is None:
+        raise FormatError(None, 'not a BlobProtoVector: %s' % reason)
+    return [blobproto_to_array(blob) for blob in vec.blobs]
+
+
+# pycaffe's caffe.io also holds the image helpers and the Transformer.
+from .image_io import load_image, resize_image, oversample, Transformer  # noqa: E402

@@ -1,4 +1,4 @@
-"""Spatial layers: Convolution, Deconvolution, Pooling, Crop, LRN."""
+"""Spatial layers: Convolution, Deconvolution, Pooling, Crop (LRN is in normalization)."""
 import torch
 import torch.nn.functional as F
 
@@ -7,7 +7,7 @@ from ..proto import caffe_pb2
 from ..shapes import conv_output_size, deconv_output_size, pool_output_size
 from .base import Layer, register, count
 
-__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'LRN',
+__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop',
            'is_channel_diagonal']
 
 # Caffe seeds a MAX pooling window with -FLT_MAX and keeps a value only if it is
@@ -15,7 +15,6 @@ __all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'LRN',
 FLT_MAX = 3.4028234663852886e38
 
 _Pool = caffe_pb2.PoolingParameter
-_LRN = caffe_pb2.LRNParameter
 
 
 # Shape-keyed caches keep at most this many entries (images of many sizes would
@@ -523,43 +522,3 @@ class Crop(Layer):
         offsets = self.offsets(shapes)
         (out_shape,) = self.top_shapes(shapes)
         return tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
-
-
-@register
-class LRN(Layer):
-    """Caffe's local response normalisation.
-
-    ACROSS_CHANNELS: ``y = x / (k + alpha / n * sum_{window} x^2) ^ beta`` with a
-    window of n channels centred on each channel, zero beyond the edges.
-    WITHIN_CHANNEL: ``y = x / (1 + alpha * mean_{n x n} x^2) ^ beta``, the mean
-    taken as Caffe's AVE pooling with pad (n - 1) / 2 (k is not used).
-    """
-    type = 'LRN'
-
-    def __init__(self, layer_param, phase):
-        super().__init__(layer_param, phase)
-        p = layer_param.lrn_param
-        self.size, self.alpha, self.beta, self.k = p.local_size, p.alpha, p.beta, p.k
-        self.region = p.norm_region
-        if self.size % 2 == 0:
-            raise self.error('LRN only supports odd local_size, got %d' % self.size)
-
-    def top_shapes(self, bottom_shapes):
-        shape = tuple(bottom_shapes[0])
-        if len(shape) != 4:
-            raise self.shape_error('needs a 4-axis bottom (num, channels, height, width)', shape)
-        return [shape]
-
-    def forward(self, bottoms, params):
-        x = bottoms[0]
-        half = (self.size - 1) // 2
-        if self.region == _LRN.WITHIN_CHANNEL:
-            kernel, stride, pad = (self.size,) * 2, (1, 1), (half, half)
-            out = tuple(x.shape[-2:])
-            mean = _ave_pool(x * x, kernel, stride, pad, out)
-            return [x * (1 + self.alpha * mean).pow(-self.beta)]
-        squares = F.pad((x * x).unsqueeze(1), (0, 0, 0, 0, half, half))
-        window_sum = F.avg_pool3d(squares, (self.size, 1, 1), stride=1,
-                                  divisor_override=1).squeeze(1)
-        scale = self.k + (self.alpha / self.size) * window_sum
-        return [x * scale.pow(-self.beta)]

@@ -1,0 +1,334 @@
+"""Caffe's DataTransformer: crop, mean subtraction, scale and mirror of one image.
+
+The arithmetic follows ``src/caffe/data_transformer.cpp`` (BVLC/caffe):
+
+* the output is ``crop_size x crop_size`` when ``crop_size`` is set, else the image's
+  own size;
+* in TRAIN the crop offset is random (``h_off = Rand(H - crop + 1)``, then
+  ``w_off = Rand(W - crop + 1)``); in TEST it is the centre, ``(H - crop) / 2``
+  rounded down;
+* ``mirror`` flips left-right with probability 1/2, drawn (``Rand(2)``) before
+  the offsets. Caffe does this in TEST too: its ``do_mirror = mirror() && Rand(2)``
+  ignores the phase, which is why prototxts set ``mirror: true`` only on their
+  TRAIN data layers;
+* each output value is ``(x - mean) * scale`` in float32, where ``mean`` is the
+  ``mean_file`` value at the *uncropped* position (so the mean image has the
+  image's full size), else the channel's ``mean_value`` (one value for all
+  channels, or one per channel), else nothing is subtracted.
+
+The random numbers come from a numpy generator per layer seeded by
+``caffe.set_random_seed``'s seed and the layer name: runs are reproducible with a
+seed, but the stream is not Caffe's own (Caffe draws from its boost RNG), so a
+given seed picks other crops than Caffe would.
+
+Images here are C x H x W arrays in Caffe's channel order (BGR for colour), uint8
+or float; :func:`decode_image` and :func:`read_image` make them from files, as
+Caffe's ``DecodeDatumToCVMat`` and ``ReadImageToCVMat`` do through OpenCV (here
+through Pillow, and a bilinear resize with OpenCV's pixel-centre convention).
+"""
+import io as _io
+import os
+import zlib
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from . import mode
+from .errors import CaffeError
+
+__all__ = ['TransformError', 'DataTransformer', 'transform', 'crop_offsets', 'infer_shape',
+           'decode_image', 'read_image', 'resize_bilinear', 'read_mean_file', 'layer_rng']
+
+
+class TransformError(CaffeError, ValueError):
+    """An image does not fit the transform_param (smaller than the crop, a mean of
+    another size, an undecodable file); the message names the layer."""
+
+
+# ------------------------------------------------------------------------ arithmetic
+
+def infer_shape(shape, crop_size=0):
+    """The transformed shape of a C x H x W image (Caffe's InferBlobShape).
+
+    >>> infer_shape((3, 32, 40), crop_size=28)
+    (3, 28, 28)
+    >>> infer_shape((1, 5, 7))
+    (1, 5, 7)
+    """
+    c, h, w = (int(d) for d in shape)
+    if crop_size:
+        if h < crop_size or w < crop_size:
+            raise TransformError('image of %d x %d is smaller than crop_size %d'
+                                 % (h, w, crop_size))
+        return (c, crop_size, crop_size)
+    return (c, h, w)
+
+
+def crop_offsets(height, width, crop_size, train, rng=None):
+    """``(h_off, w_off)`` of the crop: random in TRAIN, the centre in TEST.
+
+    >>> crop_offsets(7, 10, 4, train=False)
+    (1, 3)
+    >>> crop_offsets(7, 10, 0, train=True)
+    (0, 0)
+    """
+    if not crop_size:
+        return 0, 0
+    if train:
+        h_off = int(rng.integers(height - crop_size + 1))
+        w_off = int(rng.integers(width - crop_size + 1))
+        return h_off, w_off
+    return (height - crop_size) // 2, (width - crop_size) // 2
+
+
+def transform(image, crop_size=0, h_off=0, w_off=0, mirror=False, mean=None,
+              mean_values=None, scale=1.0):
+    """Crop, subtract the mean, scale and mirror one C x H x W image, as Caffe does.
+
+    Parameters
+    ----------
+    image : ndarray (C, H, W)
+        uint8 or float.
+    crop_size, h_off, w_off : int
+        The crop (0: none) and its top-left corner.
+    mirror : bool
+        Flip left-right (after cropping).
+    mean : ndarray (C, H, W), optional
+        The mean image (``mean_file``), of the *uncropped* image's size.
+    mean_values : sequence of float, optional
+        One value for every channel, or one per channel; ignored when ``mean`` is
+        given (Caffe refuses both).
+    scale : float
+
+    Returns
+    -------
+    ndarray (C, crop, crop) or (C, H, W), float32
+        ``(x - mean) * scale`` in float32, as Caffe's ``Dtype`` arithmetic.
+
+    Examples
+    --------
+    >>> img = np.arange(12, dtype=np.uint8).reshape(1, 3, 4)
+    >>> transform(img, crop_size=2, h_off=1, w_off=1, mirror=True, mean_values=[1],
+    ...           scale=0.5)
+    array([[[2.5, 2. ],
+            [4.5, 4. ]]], dtype=float32)
+    """
+    image = np.asarray(image)
+    c, h, w = image.shape
+    if crop_size:
+        if not (0 <= h_off <= h - crop_size and 0 <= w_off <= w - crop_size):
+            raise TransformError('crop of %d at (%d, %d) does not fit an image of %d x %d'
+                                 % (crop_size, h_off, w_off, h, w))
+        rows, cols = slice(h_off, h_off + crop_size), slice(w_off, w_off + crop_size)
+    else:
+        rows, cols = slice(0, h), slice(0, w)
+    out = image[:, rows, cols].astype(np.float32)
+    if mean is not None:
+        mean = np.asarray(mean, dtype=np.float32)
+        if mean.shape != image.shape:
+            raise TransformError('mean of shape %s for an image of shape %s (the mean file '
+                                 'must have the uncropped image size)'
+                                 % (mean.shape, image.shape))
+        out -= mean[:, rows, cols]
+    elif mean_values is not None and len(mean_values):
+        values = np.asarray(mean_values, dtype=np.float32)
+        if len(values) == 1:
+            values = np.repeat(values, c)
+        elif len(values) != c:
+            raise TransformError('%d mean_value entries for an image of %d channels (give '
+                                 'one, or one per channel)' % (len(values), c))
+        out -= values[:, None, None]
+    if scale != 1:
+        out *= np.float32(scale)
+    if mirror:
+        out = out[:, :, ::-1]
+    return np.ascontiguousarray(out)
+
+
+# ------------------------------------------------------------------------ files
+
+def read_mean_file(path, where=''):
+    """The C x H x W float32 mean image of a ``.binaryproto`` (a BlobProto).
+
+    Raises
+    ------
+    TransformError
+        The file is missing, does not parse, or holds more than one image.
+    """
+    from . import io  # io imports much of the package; only needed here
+    from .proto import caffe_pb2
+    prefix = '%s: ' % where if where else ''
+    if not os.path.isfile(path):
+        raise TransformError('%smean_file %s not found' % (prefix, os.path.abspath(path)))
+    with open(path, 'rb') as f:
+        data = f.read()
+    try:
+        blob = caffe_pb2.BlobProto.FromString(data)
+        array = io.blobproto_to_array(blob)
+    except Exception as err:
+        raise TransformError('%smean_file %s is not a BlobProto (.binaryproto): %s'
+                             % (prefix, path, err)) from err
+    if array.ndim == 4:
+        if array.shape[0] != 1:
+            raise TransformError('%smean_file %s holds %d images, expected one'
+                                 % (prefix, path, array.shape[0]))
+        array = array[0]
+    if array.ndim != 3:
+        raise TransformError('%smean_file %s has shape %s, expected 1 x C x H x W'
+                             % (prefix, path, array.shape))
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+def _to_array(img, color):
+    """A Pillow image as a C x H x W uint8 array, BGR for colour (OpenCV's order).
+
+    ``color``: True -> 3 channels, False -> 1 channel, None -> as stored (OpenCV's
+    IMREAD_ANYCOLOR: grey stays grey, alpha is dropped).
+    """
+    if color is None:
+        color = img.mode not in ('1', 'L', 'LA', 'I', 'I;16', 'F')
+    if color:
+        arr = np.asarray(img.convert('RGB'))[:, :, ::-1]
+        return np.ascontiguousarray(arr.transpose(2, 0, 1))
+    return np.asarray(img.convert('L'))[None].copy()
+
+
+def decode_image(data, color=None, where='image'):
+    """Decode encoded image bytes (JPEG, PNG, ...) to a C x H x W uint8 array.
+
+    Parameters
+    ----------
+    data : bytes
+    color : bool or None
+        True: 3 channels BGR; False: 1 grey channel; None: as stored (Caffe's
+        ``DecodeDatumToCVMatNative``).
+    where : str
+        What the bytes are, for the error message.
+    """
+    try:
+        with Image.open(_io.BytesIO(data)) as img:
+            img.load()
+            return _to_array(img, color)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise TransformError('%s: could not decode the image (%d bytes): %s'
+                             % (where, len(data), err)) from err
+
+
+def resize_bilinear(image, height, width):
+    """Resize a C x H x W array bilinearly, as OpenCV's INTER_LINEAR samples it.
+
+    Source coordinates are ``(x + 0.5) * W_in / W_out - 0.5``, clamped to the image;
+    uint8 results are rounded (OpenCV's fixed-point arithmetic can differ by 1).
+
+    >>> resize_bilinear(np.array([[[0, 100]]], np.uint8), 1, 4)
+    array([[[  0,  25,  75, 100]]], dtype=uint8)
+    """
+    image = np.asarray(image)
+    c, h, w = image.shape
+
+    def axis(n_in, n_out):
+        pos = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+        pos = np.clip(pos, 0, n_in - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, n_in - 1)
+        return lo, hi, pos - lo
+
+    y0, y1, fy = axis(h, height)
+    x0, x1, fx = axis(w, width)
+    src = image.astype(np.float64)
+    top = src[:, y0][:, :, x0] * (1 - fx) + src[:, y0][:, :, x1] * fx
+    bottom = src[:, y1][:, :, x0] * (1 - fx) + src[:, y1][:, :, x1] * fx
+    out = top * (1 - fy)[:, None] + bottom * fy[:, None]
+    if image.dtype == np.uint8:
+        return np.clip(np.floor(out + 0.5), 0, 255).astype(np.uint8)
+    return out.astype(image.dtype)
+
+
+def read_image(path, new_height=0, new_width=0, is_color=True):
+    """Read an image file as Caffe's ReadImageToCVMat: C x H x W uint8, BGR for colour,
+    resized to ``new_height x new_width`` when both are positive.
+
+    Raises
+    ------
+    TransformError
+        The file is missing or does not decode; the message names it.
+    """
+    try:
+        with open(path, 'rb') as f:
+            data = f.read()
+    except OSError as err:
+        raise TransformError('could not open or find file %s: %s' % (path, err)) from err
+    image = decode_image(data, bool(is_color), where=path)
+    if new_height > 0 and new_width > 0:
+        image = resize_bilinear(image, new_height, new_width)
+    return image
+
+
+# ------------------------------------------------------------------------ the transformer
+
+def layer_rng(layer_name, salt=''):
+    """A numpy generator for one layer: seeded by ``caffe.set_random_seed``'s seed
+    (at the time the layer is made) and the layer name."""
+    key = zlib.crc32(('%s/%s' % (layer_name, salt)).encode())
+    return np.random.default_rng([mode._state['seed'] & 0xFFFFFFFF, key])
+
+
+class DataTransformer:
+    """A layer's ``transform_param`` applied to its images (Caffe's DataTransformer).
+
+    Parameters
+    ----------
+    transform_param : caffe_pb2.TransformationParameter
+    phase : int
+        ``caffe_pb2.TRAIN`` (random crop) or ``TEST`` (centre crop).
+    where : str
+        The layer, for messages.
+    rng : numpy.random.Generator, optional
+        Draws crops and mirrors; :func:`layer_rng` of ``where`` by default.
+    """
+
+    def __init__(self, transform_param, phase, where='layer', rng=None):
+        p = transform_param
+        self.where = where
+        self.train = phase == 0  # caffe_pb2.TRAIN
+        self.scale = float(p.scale)
+        self.mirror = bool(p.mirror)
+        self.crop_size = int(p.crop_size)
+        self.force_color = bool(p.force_color)
+        self.force_gray = bool(p.force_gray)
+        if self.force_color and self.force_gray:
+            raise TransformError('%s: cannot set both force_color and force_gray' % where)
+        if p.mean_file and len(p.mean_value):
+            raise TransformError('%s: cannot specify mean_file and mean_value at the same time'
+                                 % where)
+        self.mean = read_mean_file(p.mean_file, where) if p.mean_file else None
+        self.mean_values = list(p.mean_value) or None
+        self.rng = rng if rng is not None else layer_rng(where, 'transform')
+
+    def infer_shape(self, shape):
+        """The C x H x W shape an image of ``shape`` becomes."""
+        try:
+            return infer_shape(shape, self.crop_size)
+        except TransformError as err:
+            raise TransformError('%s: %s' % (self.where, err)) from None
+
+    def color_mode(self):
+        """How encoded images decode: True (force_color), False (force_gray) or None."""
+        return True if self.force_color else False if self.force_gray else None
+
+    def __call__(self, image):
+        """The transformed float32 image, drawing mirror and crop as Caffe does."""
+        c, h, w = np.shape(image)
+        self.infer_shape((c, h, w))
+        if self.mean is not None and self.mean.shape != (c, h, w):
+            raise TransformError('%s: mean_file is %s but the image is %s (the mean must have '
+                                 'the uncropped image size)'
+                                 % (self.where, self.mean.shape, (c, h, w)))
+        # Caffe: do_mirror = mirror() && Rand(2) in either phase, drawn before the offsets.
+        do_mirror = self.mirror and bool(self.rng.integers(2))
+        h_off, w_off = crop_offsets(h, w, self.crop_size, self.train, self.rng)
+        try:
+            return transform(image, self.crop_size, h_off, w_off, do_mirror, self.mean,
+                             self.mean_values, self.scale)
+        except TransformError as err:
+            raise TransformError('%s: %s' % (self.where, err)) from None

@@ -7,7 +7,9 @@ new blobs or in place, learnable blobs are made, filled and shared by
 backward seeds every loss top with its loss weight and runs autograd once. What
 Caffe gets from its own machinery comes from autograd:
 
-* a blob feeding several layers gets the sum of their gradients (Caffe's Split);
+* a blob feeding several layers goes through a Split layer, inserted and named as
+  Caffe's InsertSplits does (``net.blobs`` lists its tops, each with its own diff;
+  the blob before it gets their sum);
 * in-place layers compute out of place and rebind the blob name, and the blob's
   diff is the gradient w.r.t. the first tensor bound to that name, which is what
   Caffe's in-place backward leaves in the shared diff;
@@ -17,7 +19,7 @@ Caffe gets from its own machinery comes from autograd:
 
 Where the engine differs from Caffe: arrays of intermediate blobs taken before a
 forward keep the old values (each forward binds new tensors; inputs and params keep
-theirs); saved nets carry no auto-inserted Split layers; ``backward(start=L)``
+theirs); ``backward(start=L)``
 leaves out everything above L (Caffe would reuse stale diffs there) and
 ``backward(end=...)`` must be the first layer; a param shared with
 ``share_mode: PERMISSIVE`` is the owner's blob, in the owner's shape (saved in the
@@ -41,6 +43,7 @@ from . import graph, io, mode
 from .memory import reraise_oom
 from .blob import Blob
 from .errors import CaffeError, NetGraphError, NetMismatchError, ShapeError
+from .insert_splits import insert_splits
 from .layer_types import create_layer
 from .proto import caffe_pb2
 from .python_layer import PythonLayerRunner, create_python_layer, net_folder
@@ -73,6 +76,7 @@ class _Step:
         self.param_owned = []      # False where the blob is shared from an earlier layer
         self.param_special = None  # (detach, view shape) per param when any is needed
         self.produced = []         # (top index, Blob): tops made here whose diff is captured
+        self.kept_diffs = ()       # top indices of net outputs: forward keeps their diffs
         self.loss_weights = {}     # top index -> nonzero loss weight
         self.loss_outputs = {}     # top index -> tensor of the last forward
         self.shapes = None         # bottom shapes at the last shape check
@@ -107,7 +111,8 @@ class _Step:
     def record(self, tops):
         """Clear the diffs of blobs made here and hook their gradient capture."""
         for k, blob in self.produced:
-            blob._diff.tensor = None
+            if k not in self.kept_diffs:  # Caffe's forward leaves an output's diff as it is
+                blob._diff.tensor = None
             t = tops[k]
             if t.requires_grad:
                 t.register_hook(blob._capture_diff)
@@ -308,14 +313,16 @@ class Net:
         self._blob_loss_weights = {}
         generator = mode.filler_generator()
         state = net_param.state
-        for lp in graph.filter_layers(net_param, state):
-            copy = caffe_pb2.LayerParameter()
-            copy.CopyFrom(lp)
-            if not copy.HasField('phase'):
-                copy.phase = self.phase
-            self._add_layer(copy, generator)
+        # Caffe's Net::Init inserts a Split layer after each blob read more than once.
+        for lp in insert_splits(graph.filter_layers(net_param, state)):
+            if not lp.HasField('phase'):
+                lp.phase = self.phase
+            self._add_layer(lp, generator)
         self._finish_params()
         self.outputs = sorted(self._available)  # std::set order, as Caffe lists them
+        for step in self._steps:
+            step.kept_diffs = frozenset(k for k, name in enumerate(step.lp.top)
+                                        if name in self._available)
         self._last_writer = {}
         for step in self._steps:
             for name in step.lp.top:
@@ -719,7 +726,12 @@ class Net:
         start = last if start is None else start
         roots, grads = [], []
         seeded_blobs = [self._blobs[name] for name in seeded]
-        if start != last:
+        if start == last:
+            # Caffe's Backward starts from the outputs' diffs as they are: a loss top's
+            # holds its loss weight, any other what the caller wrote there (zeros if
+            # nothing), which is all pycaffe's backward(z=g) does too.
+            seeded_blobs.extend(self._blobs[name] for name in self.outputs)
+        else:
             step = self._steps[start]
             for name, blob in zip(step.lp.top, step.tops):
                 if self._last_writer[name] != start:
@@ -759,6 +771,7 @@ class Net:
         if seed.shape != tensor.shape:  # the blob was reshaped since the weight was set
             seed = torch.full(tensor.shape, weight, dtype=tensor.dtype, device=tensor.device)
             blob._diff.set(seed)
+                loss_blobs.append(blob)  # each blob seeds once
         roots.append(tensor)
         grads.append(seed.to(tensor.dtype))
 

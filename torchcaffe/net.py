@@ -558,10 +558,35 @@ class Net:
                 step.layer.generator = mode.generator(dev)
 
     def to(self, dtype):
-        """Convert every blob to ``dtype`` (e.g. float64 for gradient checks).
+        """Convert every blob, data and diff, params included, to ``dtype``.
 
-        Caffe computes in float32; this exists for tests that need double precision.
+        Caffe computes in float32, and so does the net by default. ``net.to(torch.float64)``
+        is the documented way to check a net's gradients in double precision: float32
+        kernels may round a constant region (FCN's 100-pixel pad) one ulp differently
+        from one position to the next, which breaks MAX-pooling ties elsewhere than
+        Caffe and moves whole gradient values between pixels; in float64 those ties
+        hold and the diffs can be compared with finite differences or another
+        implementation (``benchmarks/grad_precision.py`` measures the float32 gap).
+        ``net.to(torch.float32)`` goes back.
+
+        Parameters
+        ----------
+        dtype : torch.dtype, numpy dtype or str
+            float32 or float64 (``torch.float64``, ``np.float64`` and ``'float64'``
+            are the same).
+
+        Returns
+        -------
+        Net
+            The net itself; ``net.blobs[...].data`` and ``.diff`` read as arrays of
+            the new type from then on.
         """
+        if not isinstance(dtype, torch.dtype):
+            dtype = {np.dtype(np.float32): torch.float32,
+                     np.dtype(np.float64): torch.float64}.get(np.dtype(dtype), dtype)
+        if dtype not in (torch.float32, torch.float64):
+            raise CaffeError('net %r: Net.to takes float32 or float64, not %s (bfloat16 is '
+                             "caffe.set_precision('bf16'))" % (self.name, dtype))
         self._move(self._device, dtype)
         return self
 
@@ -746,6 +771,7 @@ class Net:
                 loss_blobs.append(step.tops[k])
         for blob in seeded_blobs:
             if not any(blob is b for b in loss_blobs):
+                loss_blobs.append(blob)  # each blob seeds once
                 self._add_root(roots, grads, blob._data.tensor, blob, 0.0)
         if not roots:
             return
@@ -771,7 +797,6 @@ class Net:
         if seed.shape != tensor.shape:  # the blob was reshaped since the weight was set
             seed = torch.full(tensor.shape, weight, dtype=tensor.dtype, device=tensor.device)
             blob._diff.set(seed)
-                loss_blobs.append(blob)  # each blob seeds once
         roots.append(tensor)
         grads.append(seed.to(tensor.dtype))
 
@@ -845,6 +870,26 @@ class Net:
                 pad = np.zeros((batch_size - remainder,) + a.shape[1:], a.dtype)
                 batch[name] = np.concatenate([a[-remainder:], pad])
             yield batch
+
+    def set_input_arrays(self, data, labels):
+        """Feed arrays to the net's first layer, a MemoryData layer (pycaffe's
+        ``set_input_arrays``): ``data`` N x C x H x W and ``labels`` N (or N x 1 x 1 x 1),
+        C-contiguous float32, N a multiple of the batch size. The arrays are used, not
+        copied: keep them unchanged while the net reads them.
+
+        Raises
+        ------
+        RuntimeError
+            (a CaffeError) as pycaffe: the first layer is not MemoryData, or the arrays
+            do not fit it.
+        """
+        from .layer_types.data import MemoryDataError, MemoryDataLayer
+        if not self._steps or not isinstance(self._steps[0].layer, MemoryDataLayer):
+            raise MemoryDataError('set_input_arrays may only be called if the first layer is '
+                                  'a MemoryDataLayer')
+        if isinstance(labels, np.ndarray) and labels.ndim == 1:
+            labels = np.ascontiguousarray(labels[:, None, None, None])
+        self._steps[0].layer.reset(data, labels)
 
     # ---- weights ---------------------------------------------------------------------
 

@@ -87,7 +87,7 @@ class UsageError(gflags.FlagError):
 def parse_gpus(text, device_count=None):
     """Caffe's get_gpus: the device ids of ``--gpu`` ('' none, 'all', or '0,1').
 
-    >>> parse_gpus(''), parse_gpus('0,2'), parse_gpus('all', device_count=3)
+    >>> parse_gpus(''), parse_gpus('0,2', device_count=3), parse_gpus('all', device_count=3)
     ([], [0, 2], [0, 1, 2])
     """
     if not text:

@@ -40,6 +40,8 @@ LEARNING_RATE = re.compile(r'lr = ([-+]?[0-9]*\.?[0-9]+(?:[eE][-+]?[0-9]+)?)')
 SCORE_METRIC = re.compile(r'^Iteration (\d+) (loss|overall accuracy|mean accuracy|mean IU|'
                           r'fwavacc) ([-+.\deEinfa]+)$')
 
+# The header glog writes at the top of a log file: the only place with the year.
+GLOG_HEADER = re.compile(r'^Log file created at: (\d{4})/')
 FIXED = ('NumIters', 'Seconds', 'LearningRate')
 
 
@@ -81,7 +83,8 @@ def parse_lines(lines, year=None):
     ----------
     lines : iterable of str
     year : int, optional
-        The year of the first glog line (glog writes none); default this year.
+        The year of the first glog line (glog writes none in its lines), unless the
+        lines start with glog's file header, which says it; default this year.
 
     Returns
     -------
@@ -92,6 +95,10 @@ def parse_lines(lines, year=None):
     last_month = None
     for line in lines:
         line = line.rstrip('\r\n')
+        m = GLOG_HEADER.match(line)
+        if m and last_month is None:
+            year = int(m.group(1))
+            continue
         m = GLOG_LINE.match(line)
         if m:
             month = int(m.group(1))

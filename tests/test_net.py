@@ -457,8 +457,9 @@ def test_phase_stage_and_level_rules_select_layers(tmp_path):
     test = caffe.Net(str(proto), caffe.TEST)
     assert train._layer_names == ['input', 'drop', 'staged']
     assert test._layer_names == ['input', 'staged']
+    # x has three readers there, so Caffe's InsertSplits puts a Split layer after it.
     assert caffe.Net(str(proto), caffe.TEST, level=1, stages=['more'])._layer_names == \
-        ['input', 'staged', 'deep', 'more']
+        ['input', 'x_input_0_split', 'staged', 'deep', 'more']
 
 
 def test_dropout_runs_in_train_only():

@@ -9,10 +9,28 @@ if [ ! -x "$VENV/bin/python" ]; then
     echo "[setup] creating virtual environment in $VENV with $PY"
     "$PY" -m venv "$VENV"
 fi
+# pip's output reduced to one line per package ("[setup] 12 collecting torch==2.13.0 ...")
+# plus the final summary; errors pass through whole.
+_setup_progress() {
+    local n=0 line
+    while IFS= read -r line; do
+        case "$line" in
+            Collecting*|Obtaining*) n=$((n + 1)); echo "[setup] $n ${line,}";;
+            *Downloading*) line="${line#"${line%%[![:space:]]*}"}"; echo "[setup]   ${line,}";;
+            "Installing collected packages"*) echo "[setup] unpacking $n packages into .venv ...";;
+            Successfully*) echo "[setup] done: ${line#Successfully }" | cut -c1-160;;
+            *ERROR*|*error*|*Error*) echo "$line" >&2;;
+        esac
+    done
+}
 STAMP="$VENV/.installed-$(sha256sum "$ROOT/pyproject.toml" | cut -c1-16)"
 if [ ! -f "$STAMP" ]; then
-    echo "[setup] installing pinned dependencies (pip install -e .[test])"
-    "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e "$ROOT[test]"
+    # The first install takes a while: say what, how big, and show each package as it comes.
+    echo "[setup] installing pinned dependencies into .venv (pip install -e .[test]): torch 2.13.0"
+    echo "[setup]   CPU build (~750 MB installed), scipy, numpy, OpenCV, onnxruntime, matplotlib and"
+    echo "[setup]   the rest, about 1.5 GB in all; a few minutes on a first run (measured: see README)"
+    "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+        -e "$ROOT[test]" 2>&1 | _setup_progress
     rm -f "$VENV"/.installed-*
     touch "$STAMP"
 fi

@@ -1,6 +1,7 @@
 """The install files say what the README promises: pinned deps, Docker steps, CI command."""
 import re
 import shlex
+import subprocess
 import tomllib
 from pathlib import Path
 
@@ -69,3 +70,38 @@ def test_readme_tells_how_to_train_inside_docker_with_gpus():
     readme = (ROOT / 'README.md').read_text()
     assert 'docker build' in readme
     assert re.search(r'docker run --gpus all .*solve\.py', readme)
+
+
+PIP_OUTPUT = '''Obtaining file:///work/main
+Collecting torch==2.13.0 (from torchcaffe-fcn==0.1.0)
+  Downloading torch-2.13.0-cp311-none-linux_x86_64.whl (750.2 MB)
+Collecting numpy==2.4.6 (from torchcaffe-fcn==0.1.0)
+  Using cached numpy-2.4.6-cp311-cp311-manylinux_2_28_x86_64.whl (16.6 MB)
+Installing collected packages: numpy, torch
+Successfully installed numpy-2.4.6 torch-2.13.0
+ERROR: pip's dependency resolver does not currently take into account
+'''
+
+
+def test_first_install_shows_one_line_per_package_with_download_sizes_and_errors():
+    script = str(ROOT / 'scripts' / 'venv.sh')
+    shell = ('set -euo pipefail; eval "$(sed -n \'/^_setup_progress()/,/^}/p\' %s)"; '
+             '_setup_progress' % script)
+    done = subprocess.run(['bash', '-c', shell], input=PIP_OUTPUT, capture_output=True,
+                          text=True, check=True)
+    assert done.stdout.splitlines() == [
+        '[setup] 1 obtaining file:///work/main',
+        '[setup] 2 collecting torch==2.13.0 (from torchcaffe-fcn==0.1.0)',
+        '[setup]   downloading torch-2.13.0-cp311-none-linux_x86_64.whl (750.2 MB)',
+        '[setup] 3 collecting numpy==2.4.6 (from torchcaffe-fcn==0.1.0)',
+        '[setup] unpacking 3 packages into .venv ...',
+        '[setup] done: installed numpy-2.4.6 torch-2.13.0',
+    ]
+    assert done.stderr.startswith('ERROR: pip')
+
+
+def test_first_install_says_what_it_installs_and_how_big():
+    with open(str(ROOT / 'scripts' / 'venv.sh')) as f:
+        text = f.read()
+    assert 'torch 2.13.0' in text and '1.5 GB' in text and '| _setup_progress' in text
+    assert '--quiet' not in text

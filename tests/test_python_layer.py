@@ -4,9 +4,12 @@ The layers under test are written into a module in a temporary directory that is
 on ``sys.path``, as a model folder's ``<dataset>_layers.py`` is found by Caffe.
 """
 import importlib
+import json
 import os
+import subprocess
 import sys
 import textwrap
+import types
 import uuid
 
 import numpy as np
@@ -315,6 +318,7 @@ layer { name: "echo" type: "Python" bottom: "x" top: "y"
 def outside(tmp_path, monkeypatch):
     """(folder, module name): a layers module on sys.path that marks the folder when run."""
     monkeypatch.delenv(python_layer.ENV_VAR, raising=False)
+    monkeypatch.delenv('PYTHONPATH', raising=False)
     monkeypatch.setattr(python_layer, '_allowed', [])
     folder = tmp_path / 'elsewhere'
     folder.mkdir()
@@ -362,11 +366,139 @@ def test_a_package_outside_is_refused_before_its_init_runs(outside, tmp_path, mo
     assert not (folder / 'RAN').exists() and not (package / 'RAN').exists()
 
 
-def test_a_module_already_imported_from_outside_is_still_refused(outside):
+def test_a_module_the_program_already_imported_is_accepted_without_running_again(outside):
     folder, name = outside
     importlib.import_module(name)
-    with pytest.raises(CaffeError, match='found at %s' % folder):
+    (folder / 'RAN').unlink()  # its import ran it once
+    net = caffe.Net(echo_param(name), caffe.TEST)
+    np.testing.assert_array_equal(net.forward(x=np.array([3., 4.]))['y'], [3, 4])
+    assert not (folder / 'RAN').exists()  # importing again ran nothing
+
+
+def test_a_module_object_the_program_made_is_accepted(monkeypatch):
+    module = types.ModuleType('made_layers_%s' % uuid.uuid4().hex[:8])
+    exec(MARKED.split('open(', 1)[0] + MARKED.split("close()\n", 1)[1], module.__dict__)
+    monkeypatch.setitem(sys.modules, module.__name__, module)
+    net = caffe.Net(echo_param(module.__name__), caffe.TEST)
+    assert net.forward(x=np.array([5., 6.]))['y'].tolist() == [5, 6]
+
+
+@pytest.mark.parametrize('module, layer, kind', [
+    ('os', 'system', 'the standard library'),
+    ('json', 'JSONDecoder', 'the standard library'),
+    ('numpy', 'ndarray', 'an installed package'),
+])
+def test_imported_standard_and_installed_modules_stay_refused(module, layer, kind, monkeypatch):
+    assert module in sys.modules  # imported: the already-imported rule must not admit them
+    folder = os.path.dirname(os.path.dirname(sys.modules[module].__file__))
+    monkeypatch.setenv('PYTHONPATH', folder)  # nor does listing their folder
+    param = text_format.Parse(ECHO_NET.replace('MODULE', module).replace('Echo', layer),
+                              caffe.caffe_pb2.NetParameter())
+    with pytest.raises(CaffeError) as info:
+        caffe.Net(param, caffe.TEST)
+    message = str(info.value)
+    assert "layer 'echo'" in message and "refusing to import python_param.module %r" % module \
+        in message and '(%s)' % kind in message
+    assert 'list it in PYTHONPATH' not in message  # it would not help
+
+
+def test_a_built_in_module_stays_refused():
+    param = text_format.Parse(ECHO_NET.replace('MODULE', 'builtins').replace('Echo', 'object'),
+                              caffe.caffe_pb2.NetParameter())
+    with pytest.raises(CaffeError, match="'builtins' is built-in"):
+        caffe.Net(param, caffe.TEST)
+
+
+def test_a_folder_listed_in_pythonpath_is_allowed(outside, monkeypatch):
+    folder, name = outside
+    monkeypatch.setenv('PYTHONPATH', os.pathsep.join(['/nonexistent', str(folder)]))
+    assert (str(folder.resolve()), 'PYTHONPATH') in python_layer.python_layer_roots()
+    net = caffe.Net(echo_param(name), caffe.TEST)
+    np.testing.assert_array_equal(net.forward(x=np.array([1., 2.]))['y'], [1, 2])
+    assert (folder / 'RAN').exists()
+
+
+def test_an_empty_pythonpath_entry_does_not_allow_the_current_directory(outside, monkeypatch):
+    folder, name = outside
+    monkeypatch.chdir(folder)
+    monkeypatch.setenv('PYTHONPATH', os.pathsep)
+    with pytest.raises(CaffeError, match='list it in PYTHONPATH'):
         caffe.Net(echo_param(name), caffe.TEST)
+    assert not (folder / 'RAN').exists()
+
+
+def test_pythonpath_does_not_allow_installed_packages(outside, monkeypatch):
+    folder, _ = outside
+    site = folder / 'venv' / 'lib' / 'site-packages'
+    site.mkdir(parents=True)
+    name = 'installed_layers_%s' % uuid.uuid4().hex[:8]
+    (site / (name + '.py')).write_text(MARKED)
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv('PYTHONPATH', str(site))
+    with pytest.raises(CaffeError, match=r'\(an installed package\)'):
+        caffe.Net(echo_param(name), caffe.TEST)
+    assert not (site / 'RAN').exists()
+
+
+CUBE = textwrap.dedent('''
+    import ast
+    import caffe
+
+
+    class Cube(caffe.Layer):
+        """top = scale * bottom ** 3."""
+
+        def setup(self, bottom, top):
+            self.scale = ast.literal_eval(self.param_str)['scale']
+
+        def reshape(self, bottom, top):
+            top[0].reshape(*bottom[0].data.shape)
+
+        def forward(self, bottom, top):
+            top[0].data[...] = self.scale * bottom[0].data ** 3
+
+        def backward(self, top, propagate_down, bottom):
+            bottom[0].diff[...] = 3 * self.scale * bottom[0].data ** 2 * top[0].diff
+''')
+
+PYCAFFE_SCRIPT = textwrap.dedent('''
+    import json, sys
+    import numpy as np
+    import caffe
+
+    net = caffe.Net(sys.argv[1], caffe.TEST)
+    x = np.array([[1, -2, 0.5], [3, 0, -1]], dtype=np.float32)
+    y = net.forward(x=x)['y']
+    net.backward(y=np.array([[1, 2, 3], [4, 5, 6]], dtype=np.float32))
+    print(json.dumps({'y': y.tolist(), 'dx': net.blobs['x'].diff.tolist(),
+                      'file': sys.modules[sys.argv[2]].__file__}))
+''')
+
+
+def test_pycaffe_script_runs_a_layer_from_a_pythonpath_folder(tmp_path):
+    """As the FCN README says: put the layers' folder on PYTHONPATH, then import caffe."""
+    name = 'cube_layers_%s' % uuid.uuid4().hex[:8]
+    layers_dir, model_dir, run_dir = (tmp_path / d for d in ('layers', 'model', 'run'))
+    for d in (layers_dir, model_dir, run_dir):
+        d.mkdir()
+    (layers_dir / (name + '.py')).write_text(CUBE)
+    (model_dir / 'deploy.prototxt').write_text(textwrap.dedent('''
+        force_backward: true
+        layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "cube" type: "Python" bottom: "x" top: "y"
+                python_param { module: "%s" layer: "Cube" param_str: "{'scale': 2}" } }
+    ''' % name))
+    env = dict(os.environ, PYTHONPATH=str(layers_dir))
+    env.pop(python_layer.ENV_VAR, None)
+    result = subprocess.run([sys.executable, '-c', PYCAFFE_SCRIPT,
+                             str(model_dir / 'deploy.prototxt'), name],
+                            cwd=str(run_dir), env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout.splitlines()[-1])
+    assert out['file'] == str(layers_dir / (name + '.py'))
+    # y = 2 x^3; dx = 6 x^2 * dy, by hand
+    assert out['y'] == [[2, -16, 0.25], [54, 0, -2]]
+    assert out['dx'] == [[6, 48, 4.5], [216, 0, 36]]
 
 
 def test_the_environment_variable_allows_a_folder(outside, monkeypatch):
@@ -390,10 +522,16 @@ def test_the_prototxt_folder_is_allowed_for_its_own_net_only(outside):
     folder, name = outside
     path = folder / 'deploy.prototxt'
     path.write_text(ECHO_NET.replace('MODULE', name))
+    other = 'other_layers_%s' % uuid.uuid4().hex[:8]
+    (folder / (other + '.py')).write_text(MARKED)
     caffe.Net(str(path), caffe.TEST)  # the model folder's own layers module
     assert (folder / 'RAN').exists()
-    with pytest.raises(CaffeError, match='refusing'):  # not once that net is made
-        caffe.Net(echo_param(name), caffe.TEST)
+    try:
+        with pytest.raises(CaffeError, match='refusing'):  # not once that net is made
+            caffe.Net(echo_param(other), caffe.TEST)
+    finally:
+        sys.modules.pop(other, None)
+    caffe.Net(echo_param(name), caffe.TEST)  # this one is imported now, so it may be reused
 
 
 def test_a_solver_allows_its_net_files_folder(outside):

@@ -17,26 +17,33 @@ Files never run code
 --------------------
 A prototxt names a module and the net imports it, so a net file downloaded from
 somewhere could otherwise run any module on ``sys.path`` (``module: "os"``, or a
-``voc_layers.py`` planted in the current directory). The module must therefore
-resolve (``importlib.util.find_spec``, which runs nothing) to a file under an
-allowed folder before it is imported:
+``voc_layers.py`` planted in the current directory). Each dotted part of the
+module name must therefore pass before anything is imported: either
 
-- the repository, i.e. the folder that holds the ``torchcaffe`` package (where the
-  ``<dataset>_layers.py`` modules live); not when torchcaffe is installed in
-  ``site-packages``, which would allow every installed package;
-- the folder of the prototxt the net is read from (``Net(path, ...)``, or a
-  solver's ``net:`` / ``test_net:`` file), so a model folder may carry its own layers;
-- the folders in the environment variable ``TORCHCAFFE_PYTHON_LAYER_PATH``
-  (``os.pathsep``-separated), read at each use;
-- folders given to :func:`allow_python_layers_from`.
+- it is already imported (in ``sys.modules``): importing it again runs no new code,
+  and the net only ever calls a class of it that derives from :class:`Layer`; or
+- it resolves (``importlib.util.find_spec``, which runs nothing) to a file under
+  an allowed folder:
 
-Built-in and frozen modules are never allowed; the standard library and installed
-packages (``site-packages``, even a virtualenv inside the repository) only from a
-folder allowed explicitly by the last two. A module that is refused raises
-``CaffeError`` naming the layer, the module, where it was found and how to allow
-its folder. Modules already imported are checked the same way, by where they came
-from. ``param_str`` is handed to the layer as text; the FCN data layers read it
-with ``ast.literal_eval``, never ``eval``.
+  - the repository, i.e. the folder that holds the ``torchcaffe`` package (where
+    the ``<dataset>_layers.py`` modules live); not when torchcaffe is installed in
+    ``site-packages``, which would allow every installed package;
+  - the folder of the prototxt the net is read from (``Net(path, ...)``, or a
+    solver's ``net:`` / ``test_net:`` file), so a model folder may carry its own layers;
+  - the folders listed in ``PYTHONPATH`` (read at each use; empty entries, which
+    would mean the current directory, are skipped): the FCN reference's README
+    puts its layers on ``PYTHONPATH``, and that is the user's own list;
+  - the folders in the environment variable ``TORCHCAFFE_PYTHON_LAYER_PATH``
+    (``os.pathsep``-separated), read at each use;
+  - folders given to :func:`allow_python_layers_from`.
+
+Neither way admits built-in and frozen modules, the standard library or installed
+packages (``site-packages``, even a virtualenv inside the repository, or one listed
+in ``PYTHONPATH``), imported or not: ``module: "os"`` stays refused. Those come
+only from a folder allowed explicitly by the last two. A module that is refused
+raises ``CaffeError`` naming the layer, the module, where it was found and how to
+allow its folder. ``param_str`` is handed to the layer as text; the FCN data
+layers read it with ``ast.literal_eval``, never ``eval``.
 """
 import contextlib
 import contextvars
@@ -44,7 +51,9 @@ import importlib
 import importlib.util
 import os
 import re
+import site
 import sys
+import sysconfig
 
 import torch
 
@@ -148,7 +157,7 @@ def net_folder(path):
         _net_folders.reset(token)
 
 
-_IMPLICIT = ('the repository', "the prototxt's folder")
+_IMPLICIT = ('the repository', "the prototxt's folder", 'PYTHONPATH')
 
 
 def python_layer_roots():
@@ -158,6 +167,9 @@ def python_layer_roots():
     if repo is not None:
         roots.append((repo, 'the repository'))
     roots.extend((folder, "the prototxt's folder") for folder in _net_folders.get())
+    for entry in os.environ.get('PYTHONPATH', '').split(os.pathsep):
+        if entry:
+            roots.append((_real(entry), 'PYTHONPATH'))
     for entry in os.environ.get(ENV_VAR, '').split(os.pathsep):
         if entry:
             roots.append((_real(entry), ENV_VAR))
@@ -172,12 +184,47 @@ def _inside(path, folder):
         return False
 
 
+def _system_folders():
+    """Folders of the standard library and of installed packages, as real paths."""
+    paths = sysconfig.get_paths()
+    folders = [paths.get(key) for key in ('stdlib', 'platstdlib', 'purelib', 'platlib')]
+    folders += getattr(site, 'getsitepackages', list)()
+    folders.append(getattr(site, 'USER_SITE', None))
+    return {_real(f) for f in folders if f}
+
+
+def _system_kind(path):
+    """'the standard library' or 'an installed package' when ``path`` is one, else None."""
+    if {'site-packages', 'dist-packages'} & set(path.split(os.sep)):
+        return 'an installed package'
+    if any(_inside(path, folder) for folder in _system_folders()):
+        return 'the standard library'
+    return None
+
+
 def _allowed_path(path, roots):
-    # Installed packages (a virtualenv inside the repository, say) count only
-    # under a folder the user allowed explicitly.
-    installed = bool({'site-packages', 'dist-packages'} & set(path.split(os.sep)))
-    return any(_inside(path, root) and not (installed and why in _IMPLICIT)
+    # The standard library and installed packages (a virtualenv inside the
+    # repository, say) count only under a folder the user allowed explicitly.
+    system = _system_kind(path) is not None
+    return any(_inside(path, root) and not (system and why in _IMPLICIT)
                for root, why in roots)
+
+
+def _already_imported(name, found):
+    """Whether ``name`` passes as a module the program imported itself.
+
+    ``found`` is what :func:`_spec_locations` says of it. Built-in and frozen
+    modules, the standard library and installed packages do not pass.
+    """
+    if name not in sys.modules:
+        return False
+    if isinstance(found, list):
+        return all(_system_kind(_real(p)) is None for p in found)
+    # No file: a module object the program made itself (or an interactive __main__).
+    return found == _NO_FILE
+
+
+_NO_FILE = 'an object in sys.modules with no file'
 
 
 def _spec_locations(name):
@@ -189,7 +236,7 @@ def _spec_locations(name):
         spec = None
         if module is not None and getattr(module, '__file__', None):
             return [module.__file__]
-        return 'an object in sys.modules with no file'
+        return _NO_FILE
     if spec is None:
         return None
     if spec.has_location and spec.origin:
@@ -214,17 +261,26 @@ def _check_module(name, where):
         if found is None:
             raise CaffeError('%s: cannot import module %r: no module named %r on sys.path'
                              % (where, name, prefix))
+        if _already_imported(prefix, found):
+            continue
         roots = python_layer_roots()
         paths = [_real(p) for p in found] if isinstance(found, list) else []
         if not paths or not all(_allowed_path(p, roots) for p in paths):
-            origin = ', '.join(paths) if paths else found
+            kinds = {_system_kind(p) for p in paths} - {None}
+            if found in ('built-in', 'frozen'):
+                kinds.add('the standard library')
+            origin = ('found at ' + ', '.join(paths)) if paths else found
+            if kinds:
+                origin += ' (%s)' % ', '.join(sorted(kinds))
+            # PYTHONPATH does not admit the standard library or installed packages.
+            remedy = '' if kinds else 'list it in PYTHONPATH, '
             raise CaffeError(
                 '%s: refusing to import python_param.module %r: %r is %s, outside the '
                 'folders Python layers may come from (%s). A net file must not run code '
-                'from elsewhere. To allow a folder, add it to the environment variable %s '
-                '(%r-separated) or call torchcaffe.allow_python_layers_from(folder).'
-                % (where, name, prefix, 'found at ' + origin if paths else origin,
-                   '; '.join('%s (%s)' % r for r in roots) or 'none', ENV_VAR, os.pathsep))
+                'from elsewhere. To allow a folder, %sadd it to the environment variable '
+                '%s (%r-separated) or call torchcaffe.allow_python_layers_from(folder).'
+                % (where, name, prefix, origin, '; '.join('%s (%s)' % r for r in roots)
+                   or 'none', remedy, ENV_VAR, os.pathsep))
 
 
 def create_python_layer(layer_param):

@@ -696,7 +696,14 @@ def array_to_datum(arr, label=None):
 
 
 def datum_to_array(datum):
-    """The Datum's C x H x W array (uint8 from ``data``, else float32 ``float_data``)."""
+    """The Datum's C x H x W array (uint8 from ``data``, else float32 ``float_data``).
+
+    An ``encoded`` Datum (``convert_imageset --encoded``) is decoded as stored: BGR
+    for colour, one channel for grey (pycaffe would fail on it).
+    """
+    if datum.encoded:
+        from .data_transformer import decode_image
+        return decode_image(datum.data, None, where='encoded datum')
     shape = (datum.channels, datum.height, datum.width)
     if len(datum.data):
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)

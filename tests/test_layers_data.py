@@ -1,0 +1,290 @@
+"""Caffe's data layers on files the tests make: image lists, HDF5 files, in-memory
+arrays and DummyData's fillers."""
+import os
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+import torchcaffe as caffe
+from torchcaffe import layers as L
+from torchcaffe.layer_types.data import MemoryDataError, datum_image
+from torchcaffe.proto import caffe_pb2
+
+
+def net_from(tmp_path, text, phase=caffe.TEST, name='net.prototxt'):
+    path = tmp_path / name
+    path.write_text(text)
+    return caffe.Net(str(path), phase)
+
+
+# ------------------------------------------------------------------------ ImageData
+
+@pytest.fixture
+def image_list(tmp_path):
+    rng = np.random.default_rng(5)
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    images = []
+    lines = []
+    for i in range(3):
+        rgb = rng.integers(0, 256, (5, 7, 3), dtype=np.uint8)
+        Image.fromarray(rgb).save(str(folder / ('im %d.png' % i)))  # a space in the name
+        lines.append('im %d.png %d' % (i, 2 * i))
+        images.append(np.ascontiguousarray(rgb[:, :, ::-1].transpose(2, 0, 1)))
+    (tmp_path / 'list.txt').write_text('\n'.join(lines) + '\n')
+    return tmp_path, images
+
+
+IMAGE_DATA = '''
+layer { name: "data" type: "ImageData" top: "data" top: "label"
+  image_data_param { source: "%s" root_folder: "%s/" batch_size: 2 %s }
+  %s }
+'''
+
+
+def test_image_data_reads_the_list_in_order_with_labels_and_wraps(image_list):
+    tmp_path, images = image_list
+    net = net_from(tmp_path, IMAGE_DATA % (tmp_path / 'list.txt', tmp_path / 'imgs', '', ''))
+    first = net.forward()
+    np.testing.assert_array_equal(first['data'], images[:2])
+    assert first['label'].tolist() == [0, 2]
+    second = net.forward()
+    np.testing.assert_array_equal(second['data'], [images[2], images[0]])
+    assert second['label'].tolist() == [4, 0]
+
+
+def test_image_data_resizes_grey_and_transforms(image_list):
+    tmp_path, images = image_list
+    net = net_from(tmp_path, IMAGE_DATA % (tmp_path / 'list.txt', tmp_path / 'imgs',
+                                           'new_height: 4 new_width: 6 is_color: false',
+                                           'transform_param { scale: 0.5 mean_value: 8 }'))
+    data = net.forward()['data']
+    assert data.shape == (2, 1, 4, 6)
+    grey = np.asarray(Image.open(str(tmp_path / 'imgs' / 'im 0.png')).convert('L'))
+    from torchcaffe.data_transformer import resize_bilinear
+    want = (resize_bilinear(grey[None], 4, 6).astype(np.float32) - 8) * np.float32(0.5)
+    np.testing.assert_array_equal(data[0], want)
+
+
+def test_image_data_shuffle_is_a_seeded_permutation_per_epoch(image_list):
+    tmp_path, images = image_list
+    text = IMAGE_DATA % (tmp_path / 'list.txt', tmp_path / 'imgs', 'shuffle: true', '')
+    text = text.replace('batch_size: 2', 'batch_size: 3')
+
+    def epochs():
+        caffe.set_random_seed(11)
+        net = net_from(tmp_path, text)
+        return [net.forward()['label'].tolist() for _ in range(4)]
+    labels = epochs()
+    assert all(sorted(e) == [0, 2, 4] for e in labels)
+    assert len({tuple(e) for e in labels}) > 1  # reshuffled after each pass
+    assert epochs() == labels
+
+
+def test_image_data_errors_name_the_layer_and_file(image_list):
+    tmp_path, _ = image_list
+    (tmp_path / 'empty.txt').write_text('\n')
+    with pytest.raises(caffe.CaffeError, match=r"layer 'data' \(ImageData\).*empty.txt is empty"):
+        net_from(tmp_path, IMAGE_DATA % (tmp_path / 'empty.txt', tmp_path, '', ''))
+    (tmp_path / 'bad.txt').write_text('im 0.png 0\nbroken.png 1\n')
+    (tmp_path / 'imgs' / 'broken.png').write_bytes(b'no image')
+    with pytest.raises(caffe.CaffeError, match=r'broken.png: could not decode'):
+        net_from(tmp_path, IMAGE_DATA % (tmp_path / 'bad.txt', tmp_path / 'imgs', '', ''))
+    (tmp_path / 'nolabel.txt').write_text('im0.png\n')
+    with pytest.raises(caffe.CaffeError, match=r'nolabel.txt:1: expected "path label"'):
+        net_from(tmp_path, IMAGE_DATA % (tmp_path / 'nolabel.txt', tmp_path, '', ''))
+
+
+# ------------------------------------------------------------------------ HDF5
+
+def write_h5(path, data, label):
+    with h5py.File(str(path), 'w') as f:
+        f['data'] = data
+        f['label'] = label
+
+
+HDF5_DATA = '''
+layer { name: "h5" type: "HDF5Data" top: "data" top: "label"
+  hdf5_data_param { source: "%s" batch_size: 3 %s } }
+'''
+
+
+def test_hdf5_data_reads_rows_file_after_file_and_loops(tmp_path):
+    a = np.arange(4 * 2, dtype=np.float64).reshape(4, 2)
+    b = 100 + np.arange(2 * 2, dtype=np.float64).reshape(2, 2)
+    write_h5(tmp_path / 'a.h5', a, np.arange(4))
+    write_h5(tmp_path / 'b.h5', b, 10 + np.arange(2))
+    (tmp_path / 'files.txt').write_text('%s\n%s\n' % (tmp_path / 'a.h5', tmp_path / 'b.h5'))
+    net = net_from(tmp_path, HDF5_DATA % (tmp_path / 'files.txt', ''))
+    rows = np.concatenate([a, b])
+    labels = [0, 1, 2, 3, 10, 11]
+    for step in range(4):
+        out = net.forward()
+        idx = [(3 * step + k) % 6 for k in range(3)]
+        assert out['data'].dtype == np.float32
+        np.testing.assert_array_equal(out['data'], rows[idx])
+        assert out['label'].tolist() == [labels[i] for i in idx]
+
+
+def test_hdf5_data_shuffle_keeps_rows_paired_with_labels(tmp_path):
+    data = np.arange(6, dtype=np.float32).reshape(6, 1)
+    write_h5(tmp_path / 'a.h5', data, np.arange(6) * 10)
+    (tmp_path / 'files.txt').write_text(str(tmp_path / 'a.h5'))
+    net = net_from(tmp_path, HDF5_DATA % (tmp_path / 'files.txt', 'shuffle: true'))
+    got = [net.forward() for _ in range(2)]
+    rows = np.concatenate([g['data'][:, 0] for g in got])
+    assert sorted(rows.tolist()) == list(range(6))
+    np.testing.assert_array_equal(np.concatenate([g['label'] for g in got]), rows * 10)
+
+
+def test_hdf5_data_errors_name_the_dataset_and_list(tmp_path):
+    write_h5(tmp_path / 'a.h5', np.zeros((2, 1)), np.zeros(3))
+    (tmp_path / 'files.txt').write_text(str(tmp_path / 'a.h5'))
+    with pytest.raises(caffe.CaffeError, match='need the same'):
+        net_from(tmp_path, HDF5_DATA % (tmp_path / 'files.txt', ''))
+    with pytest.raises(caffe.CaffeError, match=r"HDF5 source list .*missing.txt not found"):
+        net_from(tmp_path, HDF5_DATA % (tmp_path / 'missing.txt', ''))
+    text = HDF5_DATA.replace('top: "label"', 'top: "other"') % (tmp_path / 'files.txt', '')
+    with pytest.raises(caffe.CaffeError, match="has no dataset 'other'"):
+        net_from(tmp_path, text)
+
+
+def test_hdf5_output_writes_what_it_got(tmp_path):
+    out_file = tmp_path / 'out.h5'
+    text = '''
+input: "x" input_shape { dim: 2 dim: 3 }
+input: "y" input_shape { dim: 2 }
+layer { name: "out" type: "HDF5Output" bottom: "x" bottom: "y"
+  hdf5_output_param { file_name: "%s" } }
+''' % out_file
+    net = net_from(tmp_path, text)
+    x = np.arange(6, dtype=np.float32).reshape(2, 3)
+    net.forward(x=x, y=np.array([4, 5], np.float32))
+    with h5py.File(str(out_file), 'r') as f:
+        np.testing.assert_array_equal(f['data'][()], x)
+        np.testing.assert_array_equal(f['label'][()], [4, 5])
+
+
+# ------------------------------------------------------------------------ DummyData
+
+def test_dummy_data_shapes_legacy_dims_and_one_filler_for_all():
+    ns = caffe.NetSpec()
+    ns.a, ns.b = L.DummyData(shape=[dict(dim=[2, 3]), dict(dim=[4])],
+                             data_filler=dict(type='constant', value=7), ntop=2)
+    net = caffe.Net(ns.to_proto(), caffe.TEST)
+    out = net.forward()
+    np.testing.assert_array_equal(out['a'], np.full((2, 3), 7, np.float32))
+    np.testing.assert_array_equal(out['b'], np.full(4, 7, np.float32))
+    lp = caffe_pb2.NetParameter()
+    layer = lp.layer.add(name='d', type='DummyData', top=['c'])
+    p = layer.dummy_data_param
+    p.num.append(2), p.channels.append(1), p.height.append(3), p.width.append(4)
+    assert caffe.Net(lp, caffe.TEST).blobs['c'].shape == (2, 1, 3, 4)
+
+
+def test_dummy_data_refills_random_fillers_but_keeps_constant_ones():
+    ns = caffe.NetSpec()
+    ns.r, ns.c = L.DummyData(shape=dict(dim=[50]), data_filler=[
+        dict(type='uniform', min=-1, max=1), dict(type='constant', value=2)], ntop=2)
+    net = caffe.Net(ns.to_proto(), caffe.TEST)
+    first = net.forward()['r'].copy()
+    net.blobs['c'].data[0] = 5  # a constant top is not refilled: the write stays
+    out = net.forward()
+    assert np.all(np.abs(first) <= 1) and not np.array_equal(first, out['r'])
+    assert out['c'][0] == 5 and np.all(out['c'][1:] == 2)
+
+
+def test_dummy_data_refuses_a_wrong_number_of_fillers():
+    ns = caffe.NetSpec()
+    ns.a, ns.b, ns.c = L.DummyData(shape=dict(dim=[1]), ntop=3, data_filler=[
+        dict(type='constant'), dict(type='constant')])
+    with pytest.raises(caffe.CaffeError, match='2 data_filler for 3 tops'):
+        caffe.Net(ns.to_proto(), caffe.TEST)
+
+
+# ------------------------------------------------------------------------ MemoryData
+
+MEMORY = '''
+layer { name: "mem" type: "MemoryData" top: "data" top: "label"
+  memory_data_param { batch_size: 2 channels: 1 height: 2 width: 3 } }
+layer { name: "scale" type: "Power" bottom: "data" top: "scaled" power_param { scale: 2 } }
+'''
+
+
+def test_memory_data_serves_the_arrays_in_batches_and_cycles(tmp_path):
+    net = net_from(tmp_path, MEMORY)
+    data = np.arange(4 * 6, dtype=np.float32).reshape(4, 1, 2, 3)
+    labels = np.array([3, 1, 4, 1], np.float32)
+    net.set_input_arrays(data, labels)  # pycaffe turns 1-d labels into N x 1 x 1 x 1
+    for batch in (0, 1, 0):
+        out = net.forward(blobs=['data', 'label'])
+        np.testing.assert_array_equal(out['data'], data[2 * batch:2 * batch + 2])
+        np.testing.assert_array_equal(out['scaled'], 2 * data[2 * batch:2 * batch + 2])
+        np.testing.assert_array_equal(out['label'], labels[2 * batch:2 * batch + 2])
+
+
+@pytest.mark.parametrize('data, labels, message', [
+    (np.zeros((3, 1, 2, 3), np.float32), np.zeros(3, np.float32), 'multiple of batch size'),
+    (np.zeros((2, 1, 2, 3), np.float64), np.zeros(2, np.float32), 'must be float32'),
+    (np.zeros((2, 1, 3, 2), np.float32).transpose(0, 1, 3, 2), np.zeros(2, np.float32),
+     'must be C contiguous'),
+    (np.zeros((2, 2, 2, 3), np.float32), np.zeros(2, np.float32), 'wrong number of channels'),
+    (np.zeros((2, 1, 2, 3), np.float32), np.zeros(4, np.float32), 'same first dimension'),
+    (np.zeros((2, 6), np.float32), np.zeros(2, np.float32), 'must be 4-d'),
+])
+def test_set_input_arrays_checks_as_pycaffe(tmp_path, data, labels, message):
+    net = net_from(tmp_path, MEMORY)
+    with pytest.raises(RuntimeError, match=message):
+        net.set_input_arrays(data, labels)
+    assert issubclass(MemoryDataError, caffe.CaffeError)
+
+
+def test_set_input_arrays_needs_a_memory_data_first_layer_and_forward_needs_arrays(tmp_path):
+    net = net_from(tmp_path, 'input: "x" input_shape { dim: 1 }\n')
+    with pytest.raises(RuntimeError, match='first layer is a MemoryDataLayer'):
+        net.set_input_arrays(np.zeros((1, 1, 1, 1), np.float32), np.zeros(1, np.float32))
+    net = net_from(tmp_path, MEMORY)
+    with pytest.raises(caffe.CaffeError, match='set_input_arrays'):
+        net.forward()
+
+
+# ------------------------------------------------------------------------ Datum
+
+def test_datum_size_mismatch_is_named():
+    datum = caffe_pb2.Datum(channels=1, height=2, width=2, data=b'abc')
+    with pytest.raises(caffe.CaffeError, match='record x: datum size mismatch.*4 bytes, data '
+                                               'has 3'):
+        datum_image(datum, where='record x')
+
+
+def test_io_datum_to_array_decodes_encoded_datums():
+    import io as pyio
+    rgb = np.zeros((2, 3, 3), np.uint8)
+    rgb[..., 0] = 200
+    buf = pyio.BytesIO()
+    Image.fromarray(rgb).save(buf, 'PNG')
+    arr = caffe.io.datum_to_array(caffe_pb2.Datum(data=buf.getvalue(), encoded=True))
+    assert arr.shape == (3, 2, 3) and np.all(arr[2] == 200) and np.all(arr[:2] == 0)
+
+
+def test_a_train_and_a_test_net_read_one_database(tmp_path):
+    from test_convert_imageset import make_images
+    from torchcaffe.tools import convert_imageset
+    list_file, _ = make_images(str(tmp_path), count=3)
+    source = str(tmp_path / 'db')
+    convert_imageset.main([str(tmp_path) + os.sep, list_file, source])
+    text = ('layer { name: "d" type: "Data" top: "data" data_param { source: "%s" '
+            'backend: LMDB batch_size: 1 } transform_param { crop_size: 4 mirror: true } }'
+            % source)
+    caffe.set_random_seed(2)
+    train = net_from(tmp_path, text, caffe.TRAIN)
+    test = net_from(tmp_path, text, caffe.TEST)
+    assert train.forward()['data'].shape == test.forward()['data'].shape == (1, 3, 4, 4)
+    caffe.set_random_seed(2)
+    again = net_from(tmp_path, text, caffe.TRAIN, name='again.prototxt')
+    train_runs = [train.forward()['data'].copy() for _ in range(4)]
+    again.forward()
+    again_runs = [again.forward()['data'].copy() for _ in range(4)]
+    assert all(np.array_equal(a, b) for a, b in zip(train_runs, again_runs))

@@ -199,7 +199,8 @@ def _train_gpus(f, param):
     return parse_gpus(f['gpu'])
 
 
-def train(f, argv):
+def cmd_train(f, argv):
+    """``caffe train``: Caffe's train(); returns the exit status."""
     if not f['solver']:
         raise UsageError('Need a solver definition to train (--solver).')
     if f['snapshot'] and f['weights']:
@@ -269,7 +270,8 @@ def _plot(log_path, png):
 
 # ------------------------------------------------------------------ test
 
-def test(f):
+def cmd_test(f):
+    """``caffe test``: Caffe's test(), per-batch and mean outputs."""
     if not f['model']:
         raise UsageError('Need a model definition to score (--model).')
     if not f['weights']:
@@ -335,7 +337,8 @@ def _phase(text):
     raise UsageError('phase must be "TRAIN" or "TEST", got "%s"' % text)
 
 
-def time_(f):
+def cmd_time(f):
+    """``caffe time``: Caffe's time(), per-layer forward and backward times."""
     if not f['model']:
         raise UsageError('Need a model definition to time (--model).')
     _need_file(f['model'], 'model')
@@ -406,7 +409,8 @@ def device_lines(i):
     return ['%-31s%s' % (label + ':', value) for label, value in rows]
 
 
-def device_query(f):
+def cmd_device_query(f):
+    """``caffe device_query``: the CUDA devices' properties, or the CPU's."""
     log.info('Querying GPUs %s', f['gpu'])
     if not torch.cuda.is_available() and not f['gpu']:
         log.info('No CUDA device is present (torch %s%s); the CPU:', torch.__version__,
@@ -423,7 +427,8 @@ def device_query(f):
 
 # ------------------------------------------------------------------ main
 
-COMMANDS = {'train': None, 'test': test, 'time': time_, 'device_query': device_query}
+COMMANDS = {'train': None, 'test': cmd_test, 'time': cmd_time,
+            'device_query': cmd_device_query}
 
 
 def main(argv=None):
@@ -442,7 +447,7 @@ def main(argv=None):
                              if len(positional) < 2 else 'one command, got %s' % positional)
         command = positional[0]
         if command == 'train':
-            return train(f, argv)
+            return cmd_train(f, argv)
         return COMMANDS[command](f)
     except DivergedError as err:
         print('error: %s' % err, file=sys.stderr)

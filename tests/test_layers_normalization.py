@@ -278,3 +278,58 @@ def test_onnx_export_names_a_batch_norm_layer_it_cannot_export():
     text_format.Merge(BN_NET % '', param)
     with pytest.raises(UnknownLayerError, match="'bn'.*'BatchNorm'.*no ONNX export"):
         check_supported(param.layer)
+
+
+# ---- Bias --------------------------------------------------------------------------
+
+def test_bias_one_value_per_channel_filled_by_its_filler():
+    layer = make_layer('type: "Bias" bias_param { filler { type: "constant" value: 0.5 } }')
+    assert layer.param_shapes([(2, 3, 4)]) == [(3,)]
+    b = torch.zeros(3)
+    layer.fill_params([b], [(2, 3, 4)])
+    assert b.tolist() == [0.5, 0.5, 0.5]
+    x, bias = rand(2, 3, 4), rand(3, seed=1)
+    (y,) = layer.forward([x], [bias])
+    np.testing.assert_array_equal(y.numpy(), x.numpy() + bias.numpy()[None, :, None])
+    assert torch.autograd.gradcheck(lambda a, c: layer.forward([a], [c])[0],
+                                    (x.requires_grad_(), bias.requires_grad_()))
+
+
+def test_bias_default_filler_is_zero_and_axes_follow_axis_and_num_axes():
+    layer = make_layer('type: "Bias" bias_param { axis: 0 num_axes: 2 }')
+    assert layer.param_shapes([(2, 3, 4)]) == [(2, 3)]
+    b = torch.ones(2, 3)
+    layer.fill_params([b], [(2, 3, 4)])
+    assert not b.any()
+    assert make_layer('type: "Bias" bias_param { axis: -2 num_axes: -1 }').param_shapes(
+        [(2, 3, 4)]) == [(3, 4)]
+    scalar = make_layer('type: "Bias" bias_param { num_axes: 0 }')
+    assert scalar.param_shapes([(2, 3)]) == [()]
+    (y,) = scalar.forward([torch.zeros(2, 3)], [torch.tensor(1.5)])
+    assert y.tolist() == [[1.5] * 3] * 2
+
+
+def test_bias_from_a_second_bottom_gets_the_summed_gradient():
+    layer = make_layer('type: "Bias" bottom: "x" bottom: "b" bias_param { axis: 1 }')
+    assert layer.param_shapes([(2, 3, 4), (3, 4)]) == []
+    x, b = rand(2, 3, 4).requires_grad_(), rand(3, 4, seed=2).requires_grad_()
+    (y,) = layer.forward([x, b], [])
+    np.testing.assert_array_equal(y.detach().numpy(), x.detach().numpy() + b.detach().numpy())
+    dy = rand(2, 3, 4, seed=4)
+    y.backward(dy)
+    np.testing.assert_array_equal(b.grad.numpy(), dy.numpy().sum(axis=0))
+    np.testing.assert_array_equal(x.grad.numpy(), dy.numpy())
+    with pytest.raises(CaffeError, match="'lyr'.*bias blob does not match"):
+        layer.top_shapes([(2, 3, 4), (4, 4)])
+
+
+def test_bias_runs_in_place_in_a_net_and_learns():
+    net = make_net('''
+        force_backward: true
+        layer { name: "x" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+        layer { name: "bias" type: "Bias" bottom: "x" top: "x"
+                bias_param { filler { type: "constant" value: 1 } } }''', caffe.TRAIN)
+    net.blobs['x'].data[...] = np.arange(6).reshape(2, 3)
+    np.testing.assert_array_equal(net.forward()['x'], np.arange(6).reshape(2, 3) + 1)
+    net.backward(x=np.ones((2, 3)))
+    np.testing.assert_array_equal(net.params['bias'][0].diff, [2, 2, 2])

@@ -130,6 +130,34 @@ class Eltwise(Layer):
         return [_EltwiseMax.apply(*bottoms)]
 
 
+def broadcast_layout(layer, param, shape, operand_shape=None, what='scale'):
+    """Where Scale's / Bias's operand lies along a bottom of ``shape``: (axis, its shape).
+
+    ``param`` carries ``axis`` and ``num_axes``. With a second bottom of
+    ``operand_shape`` its shape must equal ``shape[axis:axis + len]`` (axis 0 when it
+    has no axes); otherwise the learnable blob takes ``shape[axis:axis + num_axes]``
+    (to the end with ``num_axes: -1``). Raises ShapeError naming ``layer``.
+    """
+    if operand_shape is not None:
+        operand_shape = tuple(operand_shape)
+        axis = 0 if not operand_shape else layer.canonical_axis(param.axis, len(shape), shape)
+        if shape[axis:axis + len(operand_shape)] != operand_shape:
+            raise layer.shape_error('%s blob does not match bottom 0 from axis %d'
+                                    % (what, axis), shape, operand_shape)
+        return axis, operand_shape
+    axis = layer.canonical_axis(param.axis, len(shape), shape) if shape else 0
+    end = len(shape) if param.num_axes == -1 else axis + param.num_axes
+    if end > len(shape):
+        raise layer.shape_error('axis %d + num_axes %d exceeds the bottom axes'
+                                % (axis, param.num_axes), shape)
+    return axis, tuple(shape[axis:end])
+
+
+def _broadcast_view(shape, axis, operand_shape):
+    """The operand's shape padded with 1s to broadcast along a bottom of ``shape``."""
+    return (1,) * axis + tuple(operand_shape) + (1,) * (len(shape) - axis - len(operand_shape))
+
+
 @register
 class Scale(Layer):
     """Caffe's Scale: ``top = bottom0 * s`` (+ bias), ``s`` broadcast from ``axis``.
@@ -152,20 +180,7 @@ class Scale(Layer):
 
     def _layout(self, shape, scale_shape=None):
         """(axis, scale shape) for a bottom of ``shape``."""
-        p = self.scale_param
-        if scale_shape is not None:
-            scale_shape = tuple(scale_shape)
-            axis = 0 if not scale_shape else self.canonical_axis(p.axis, len(shape), shape)
-            if shape[axis:axis + len(scale_shape)] != scale_shape:
-                raise self.shape_error('scale blob does not match bottom 0 from axis %d'
-                                       % axis, shape, scale_shape)
-            return axis, scale_shape
-        axis = self.canonical_axis(p.axis, len(shape), shape) if shape else 0
-        end = len(shape) if p.num_axes == -1 else axis + p.num_axes
-        if end > len(shape):
-            raise self.shape_error('axis %d + num_axes %d exceeds the bottom axes'
-                                   % (axis, p.num_axes), shape)
-        return axis, tuple(shape[axis:end])
+        return broadcast_layout(self, self.scale_param, shape, scale_shape, 'scale')
 
     def param_shapes(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])
@@ -201,11 +216,56 @@ class Scale(Layer):
         else:
             scale, rest = params[0], list(params[1:])
             axis, scale_shape = self._layout(shape)
-        view = (1,) * axis + scale_shape + (1,) * (len(shape) - axis - len(scale_shape))
+        view = _broadcast_view(shape, axis, scale_shape)
         top = x * scale.reshape(view)
         if self.scale_param.bias_term:
             top = top + rest[0].reshape(view)
         return [top]
+
+
+@register
+class Bias(Layer):
+    """Caffe's Bias: ``top = bottom0 + b``, ``b`` broadcast from ``axis`` as Scale's
+    factor is (bias_layer.cpp).
+
+    With one bottom, ``b`` is learnable with shape ``bottom.shape[axis:axis+num_axes]``
+    (``num_axes: -1``: all remaining axes; 0: a single value), filled by ``filler``
+    (constant 0 by default); with two bottoms, ``b`` is bottom 1 and gets the summed
+    gradient. Runs in place.
+    """
+    type = 'Bias'
+    bottom_counts = (1, 2)
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        self.bias_param = layer_param.bias_param
+        self.two_bottoms = len(layer_param.bottom) == 2
+        if self.bias_param.num_axes < -1:
+            raise self.error('num_axes must be -1 or more')
+
+    def param_shapes(self, bottom_shapes):
+        if self.two_bottoms:
+            return []
+        return [broadcast_layout(self, self.bias_param, tuple(bottom_shapes[0]),
+                                 what='bias')[1]]
+
+    def param_fillers(self):
+        return [] if self.two_bottoms else [self.bias_param.filler]
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        broadcast_layout(self, self.bias_param, shape,
+                         bottom_shapes[1] if self.two_bottoms else None, 'bias')
+        return [shape]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        shape = tuple(x.shape)
+        bias = bottoms[1] if self.two_bottoms else params[0]
+        axis, bias_shape = broadcast_layout(
+            self, self.bias_param, shape, tuple(bias.shape) if self.two_bottoms else None,
+            'bias')
+        return [x + bias.reshape(_broadcast_view(shape, axis, bias_shape))]
 
 
 def _cat_axis(layer, param, legacy, shape):

@@ -13,7 +13,8 @@ from .mode import (set_mode_cpu, set_mode_gpu, set_device, set_random_seed,
                    set_precision, precision, PRECISIONS)
 from .net import Net
 from .python_layer import Layer, allow_python_layers_from
-from .solver import SGDSolver, get_solver, DivergedError, TrainingStopped
+from .solver import (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver, AdaDeltaSolver,
+                     AdamSolver, get_solver, DivergedError, TrainingStopped)
 from .runtime import (layer_type_list, solver_count, set_solver_count, solver_rank,
                       set_solver_rank, set_multiprocess, init_log, log, Timer, NCCL,
                       has_nccl)

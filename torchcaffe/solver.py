@@ -1,7 +1,10 @@
-"""pycaffe's ``caffe.SGDSolver`` and ``caffe.get_solver``: Caffe's SGD, step for step.
+"""pycaffe's solvers and ``caffe.get_solver``: Caffe's six solvers, step for step.
 
-The solver follows Caffe's ``Solver`` / ``SGDSolver`` (src/caffe/solver.cpp,
-src/caffe/solvers/sgd_solver.cpp). Each iteration of :meth:`SGDSolver.step`:
+The solvers follow Caffe's ``Solver`` / ``SGDSolver`` (src/caffe/solver.cpp,
+src/caffe/solvers/sgd_solver.cpp); ``NesterovSolver``, ``AdaGradSolver``,
+``RMSPropSolver``, ``AdaDeltaSolver`` and ``AdamSolver`` change only the update value
+(step 4's history formula; see ``torchcaffe.solver_updates``). Each iteration of
+:meth:`SGDSolver.step`:
 
 1. clears the param diffs, and runs the test nets when ``test_interval`` divides
    the iteration (at 0 only with ``test_initialization``);
@@ -44,7 +47,9 @@ Where this differs from Caffe, on purpose:
 * Restoring checks the history's count and shapes against the net's params.
 * History is allocated at a param's first update; a param whose rate is 0 and
   whose history is still zero is left alone (Caffe computes 0 * diff for it).
-* ``debug_info`` is ignored. Only the SGD solver type is implemented.
+* ``debug_info`` is ignored.
+* ``AdamSolver`` needs 0 <= momentum < 1 and 0 <= momentum2 < 1 (Caffe does not
+  check: its update becomes infinite or zero).
 
 The rates come from ``torchcaffe.lr_policies``, the signal flags from
 ``torchcaffe.signal_handler``; logs go to the ``torchcaffe`` logger in glog's
@@ -63,6 +68,7 @@ from . import distributed
 from . import io
 from . import mode
 from . import resume_state
+from . import solver_updates as updates
 from .errors import CaffeError, NetMismatchError, SnapshotError
 from .glog import install_default_handler
 from .lr_policies import learning_rate
@@ -72,7 +78,8 @@ from .proto import caffe_pb2
 from .signal_handler import NONE, SNAPSHOT, STOP, SignalRequests
 from .upgrade import upgrade_solver_param
 
-__all__ = ['SGDSolver', 'get_solver', 'DivergedError', 'TrainingStopped', 'SOLVERS']
+__all__ = ['SGDSolver', 'NesterovSolver', 'AdaGradSolver', 'RMSPropSolver', 'AdaDeltaSolver',
+           'AdamSolver', 'get_solver', 'DivergedError', 'TrainingStopped', 'SOLVERS']
 
 log = logging.getLogger(__name__)
 install_default_handler()
@@ -125,6 +132,11 @@ def _loss_of(net):
     return loss if loss.dtype == torch.float32 else loss.float()
 
 
+def _f32(x):
+    """A solver field as the float32 value Caffe's Dtype holds, as a Python float."""
+    return float(np.float32(x))
+
+
 class SGDSolver:
     """Caffe's SGD solver, as pycaffe's ``caffe.SGDSolver``.
 
@@ -154,6 +166,15 @@ class SGDSolver:
         Whether the last ``step`` / ``solve`` stopped on a signal.
     """
 
+    #: The solver ``type`` this class runs (SolverParameter.type).
+    type = 'SGD'
+    #: History blobs per learnable param: Caffe's history_ holds this many sets of N.
+    HISTORY_SETS = 1
+    #: Whether a param at rate 0 with no history yet may be skipped: true when the
+    #: update leaves a zero history at zero (SGD, Nesterov), false when the history
+    #: accumulates the (regularized) gradient whatever the rate.
+    _IDLE_AT_RATE_ZERO = True
+
     def __init__(self, solver_file):
         if isinstance(solver_file, caffe_pb2.SolverParameter):
             self._source = '<SolverParameter>'
@@ -181,7 +202,7 @@ class SGDSolver:
         self.sigint_effect = STOP
         self.sighup_effect = SNAPSHOT
         self.requested_early_exit = False
-        self._history = [None] * len(self.net.learnable_params)
+        self._history = [None] * (self.HISTORY_SETS * len(self.net.learnable_params))
         self._groups = self._param_groups()
         self._signals = None
         self._last_snapshot_iter = None
@@ -210,12 +231,19 @@ class SGDSolver:
         if param.regularization_type not in ('L1', 'L2') and param.weight_decay:
             raise CaffeError('%s: Unknown regularization type: "%s" (known: L1, L2)'
                              % (self._source, param.regularization_type))
-        if param.type != 'SGD':
-            log.warning('%s: solver type "%s": SGDSolver runs plain SGD (as pycaffe\'s '
-                        'caffe.SGDSolver does); use caffe.get_solver to pick by type',
-                        self._source, param.type)
+        if param.type != self.type:
+            log.warning('%s: solver type "%s": %s runs %s (as pycaffe\'s caffe.%s does); '
+                        'use caffe.get_solver to pick by type', self._source, param.type,
+                        type(self).__name__, self.type, type(self).__name__)
+        self._check_hyperparameters()
         if param.debug_info:
             log.warning('%s: debug_info is not supported; ignored', self._source)
+
+    def _check_hyperparameters(self):
+        """The solver type's own checks on its fields (Caffe's constructor_sanity_check)."""
+
+    def _fail(self, message):
+        raise CaffeError('%s: %s' % (self._source, message))
 
     def _check_snapshot_writable(self):
         """Caffe's CheckSnapshotWritePermissions: probe-write ``<prefix>_iter_0.tempfile``."""
@@ -597,7 +625,7 @@ class SGDSolver:
 
     def _update_group(self, indices, diffs, datas, local_rate, local_decay):
         """Regularize, ComputeUpdateValue and Update for params of one (lr, decay) pair."""
-        if local_rate == 0:
+        if local_rate == 0 and self._IDLE_AT_RATE_ZERO:
             idle = [i for i in indices if self._history[i] is None]
             for i in idle:
                 diffs[i].zero_()  # Caffe leaves diff = history = 0 * diff
@@ -614,11 +642,19 @@ class SGDSolver:
                 torch._foreach_add_(D, torch._foreach_sign(W), alpha=float(local_decay))
             else:
                 raise CaffeError('Unknown regularization type: %s' % kind)
-        H = [self._history_of(i, datas[i]) for i in indices]
-        torch._foreach_mul_(H, float(np.float32(self.param.momentum)))
-        torch._foreach_add_(H, D, alpha=float(local_rate))
-        torch._foreach_copy_(D, H)   # the diff holds the update, as Caffe's does
-        torch._foreach_sub_(W, D)    # Net::Update
+        self._compute_update_value(indices, D, W, float(local_rate))
+        torch._foreach_sub_(W, D)    # Net::Update: the diff holds the update, as Caffe's does
+
+    def _compute_update_value(self, indices, D, W, rate):
+        """ComputeUpdateValue for the params ``indices`` (diffs ``D``, datas ``W``) at the
+        local rate ``rate``: SGD's momentum update (sgd_solver.cpp)."""
+        updates.sgd(D, self._histories(indices, W), rate, _f32(self.param.momentum))
+
+    def _histories(self, indices, W, which=0):
+        """History set ``which`` (0 or 1; Caffe's history_[which * N + i]) of params
+        ``indices``, allocated on first use beside the datas ``W``."""
+        offset = which * len(self.net.learnable_params)
+        return [self._history_of(offset + i, w) for i, w in zip(indices, W)]
 
     def _history_of(self, i, data):
         h = self._history[i]
@@ -630,10 +666,12 @@ class SGDSolver:
 
     @property
     def history(self):
-        """The momentum history of each learnable param, as float32 arrays (copies)."""
+        """The history blobs, as float32 arrays (copies), in Caffe's order: one per
+        learnable param, then (AdaDelta, Adam) a second one per learnable param."""
+        params = self.net.learnable_params
         out = []
-        for h, p in zip(self._history, self.net.learnable_params):
-            out.append(np.zeros(p.shape, np.float32) if h is None
+        for i, h in enumerate(self._history):
+            out.append(np.zeros(params[i % len(params)].shape, np.float32) if h is None
                        else h.detach().to('cpu', torch.float32).numpy().copy())
         return out
 
@@ -761,17 +799,25 @@ class SGDSolver:
         state_file = os.fspath(state_file)
         state = io.read_solverstate(state_file)
         params = self.net.learnable_params
-        if len(state.history) != len(params):
-            raise NetMismatchError('%s: %d history blobs but the net has %d learnable params: '
-                                   'a solverstate from a different net?'
-                                   % (state_file, len(state.history), len(params)))
+        n = len(params)
+        if len(state.history) != len(self._history):
+            if self.HISTORY_SETS == 1:
+                raise NetMismatchError('%s: %d history blobs but the net has %d learnable '
+                                       'params: a solverstate from a different net?'
+                                       % (state_file, len(state.history), n))
+            raise NetMismatchError('%s: %d history blobs but %s keeps %d (%d per learnable '
+                                   'param; the net has %d): a solverstate from a different '
+                                   'net or solver type?'
+                                   % (state_file, len(state.history), type(self).__name__,
+                                      len(self._history), self.HISTORY_SETS, n))
         names = self._param_names()
-        for i, (proto, p) in enumerate(zip(state.history, params)):
+        for i, proto in enumerate(state.history):
+            p = params[i % n]
             if not io.legacy_shape_equals(proto, p.shape):
                 raise NetMismatchError('%s: history blob %d has shape %s but learnable param '
                                        '%d (%s) has shape %s: a solverstate from a different '
-                                       'net?' % (state_file, i, io.blob_shape(proto), i,
-                                                 names[i], p.shape))
+                                       'net?' % (state_file, i, io.blob_shape(proto), i % n,
+                                                 names[i % n], p.shape))
         if state.HasField('learned_net'):
             model = state.learned_net
             if not os.path.exists(model):
@@ -780,7 +826,8 @@ class SGDSolver:
                                  % (state_file, model, os.getcwd()))
             self.net.copy_from(model)
         log.info('SGDSolver: restoring history')
-        for i, (proto, p) in enumerate(zip(state.history, params)):
+        for i, proto in enumerate(state.history):
+            p = params[i % n]
             data = p.data_tensor()
             array = io.blobproto_to_array(proto).reshape(p.shape)
             self._history[i] = torch.from_numpy(np.ascontiguousarray(array)).to(
@@ -799,21 +846,129 @@ class SGDSolver:
         return [names.get(id(p), '?') for p in self.net.learnable_params]
 
 
+# ------------------------------------------------------------------ the other solvers
+
+class NesterovSolver(SGDSolver):
+    """Caffe's Nesterov solver (nesterov_solver.cpp), as pycaffe's ``caffe.NesterovSolver``.
+
+    ``h = momentum * h + rate * g``; the update is ``(1 + momentum) * h - momentum *
+    h_previous``. One history blob per learnable param, as SGD. See ``SGDSolver``.
+    """
+
+    type = 'Nesterov'
+
+    def _compute_update_value(self, indices, D, W, rate):
+        updates.nesterov(D, self._histories(indices, W), rate, _f32(self.param.momentum))
+
+
+class AdaGradSolver(SGDSolver):
+    """Caffe's AdaGrad solver (adagrad_solver.cpp), as pycaffe's ``caffe.AdaGradSolver``.
+
+    ``h += g * g``; the update is ``rate * g / (sqrt(h) + delta)``. ``momentum`` must be
+    0. One history blob (the sum of squared gradients) per learnable param.
+    """
+
+    type = 'AdaGrad'
+    _IDLE_AT_RATE_ZERO = False
+
+    def _check_hyperparameters(self):
+        # sgd_solvers.hpp, AdaGradSolver::constructor_sanity_check
+        if self.param.momentum != 0:
+            self._fail('Momentum cannot be used with AdaGrad (momentum is %g; leave it out)'
+                       % self.param.momentum)
+
+    def _compute_update_value(self, indices, D, W, rate):
+        updates.adagrad(D, self._histories(indices, W), rate, _f32(self.param.delta))
+
+
+class RMSPropSolver(SGDSolver):
+    """Caffe's RMSProp solver (rmsprop_solver.cpp), as pycaffe's ``caffe.RMSPropSolver``.
+
+    ``h = rms_decay * h + (1 - rms_decay) * g * g``; the update is
+    ``rate * g / (sqrt(h) + delta)``. ``momentum`` must be 0 and 0 <= rms_decay < 1.
+    One history blob (the mean squared gradient) per learnable param.
+    """
+
+    type = 'RMSProp'
+    _IDLE_AT_RATE_ZERO = False
+
+    def _check_hyperparameters(self):
+        # sgd_solvers.hpp, RMSPropSolver::constructor_sanity_check
+        param = self.param
+        if param.momentum != 0:
+            self._fail('Momentum cannot be used with RMSProp (momentum is %g; leave it out)'
+                       % param.momentum)
+        if not 0 <= param.rms_decay < 1:
+            self._fail('rms_decay should lie between 0 and 1 (0 <= rms_decay < 1), got %g'
+                       % param.rms_decay)
+
+    def _compute_update_value(self, indices, D, W, rate):
+        updates.rmsprop(D, self._histories(indices, W), rate, _f32(self.param.rms_decay),
+                        _f32(self.param.delta))
+
+
+class AdaDeltaSolver(SGDSolver):
+    """Caffe's AdaDelta solver (adadelta_solver.cpp), as pycaffe's ``caffe.AdaDeltaSolver``.
+
+    ``momentum`` is the decay of both running averages and ``delta`` the smoothing
+    term; Caffe multiplies the AdaDelta step by the learning rate (``base_lr: 1``
+    gives the paper's method). Two history blobs per learnable param: the N squared
+    gradient averages first, then the N squared update averages.
+    """
+
+    type = 'AdaDelta'
+    HISTORY_SETS = 2
+    _IDLE_AT_RATE_ZERO = False
+
+    def _compute_update_value(self, indices, D, W, rate):
+        updates.adadelta(D, self._histories(indices, W, 0), self._histories(indices, W, 1),
+                         rate, _f32(self.param.momentum), _f32(self.param.delta))
+
+
+class AdamSolver(SGDSolver):
+    """Caffe's Adam solver (adam_solver.cpp), as pycaffe's ``caffe.AdamSolver``.
+
+    beta1 is ``momentum``, beta2 ``momentum2`` and epsilon ``delta``; the bias
+    correction ``sqrt(1 - beta2^t) / (1 - beta1^t)`` uses ``t = iter + 1`` and
+    multiplies the rate. Two history blobs per learnable param: the N first moments
+    first, then the N second moments.
+    """
+
+    type = 'Adam'
+    HISTORY_SETS = 2
+    _IDLE_AT_RATE_ZERO = False
+
+    def _check_hyperparameters(self):
+        # Caffe checks nothing; beta1 = 1 would divide by zero, beta2 = 1 zero every step.
+        param = self.param
+        for field in ('momentum', 'momentum2'):
+            value = getattr(param, field)
+            if not 0 <= value < 1:
+                self._fail('Adam needs 0 <= %s < 1, got %g' % (field, value))
+
+    def _compute_update_value(self, indices, D, W, rate):
+        param = self.param
+        updates.adam(D, self._histories(indices, W, 0), self._histories(indices, W, 1),
+                     rate, _f32(param.momentum), _f32(param.momentum2), _f32(param.delta),
+                     self.iter + 1)
+
+
 # ------------------------------------------------------------------ registry
 
-SOLVERS = {'SGD': SGDSolver}
-
-# Caffe's other solver types, recognised so that the error can say what is missing.
-_CAFFE_SOLVER_TYPES = ('SGD', 'Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta', 'Adam')
+SOLVERS = {cls.type: cls for cls in (SGDSolver, NesterovSolver, AdaGradSolver, RMSPropSolver,
+                                     AdaDeltaSolver, AdamSolver)}
 
 
 def get_solver(solver_file):
     """The solver that ``solver_file``'s ``type`` names (pycaffe's ``caffe.get_solver``).
 
+    The deprecated ``solver_type`` enum (``solver_type: ADAM``) is upgraded to ``type``
+    first, as Caffe's UpgradeSolverType does; an unset type is "SGD".
+
     Raises
     ------
     CaffeError
-        A type that is not implemented (only SGD is), listing the known ones.
+        An unknown type, listing the known ones.
     """
     if isinstance(solver_file, caffe_pb2.SolverParameter):
         param, where = upgrade_solver_param(solver_file), '<SolverParameter>'
@@ -822,10 +977,6 @@ def get_solver(solver_file):
         param = io.read_solver_prototxt(where)
     cls = SOLVERS.get(param.type)
     if cls is None:
-        known = ', '.join(sorted(SOLVERS))
-        if param.type in _CAFFE_SOLVER_TYPES:
-            raise CaffeError('%s: solver type "%s" is not implemented (implemented: %s)'
-                             % (where, param.type, known))
         raise CaffeError('%s: Unknown solver type: "%s" (known types: %s)'
-                         % (where, param.type, known))
+                         % (where, param.type, ', '.join(SOLVERS)))
     return cls(solver_file)

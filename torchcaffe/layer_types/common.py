@@ -1,6 +1,6 @@
 """Layers that combine, reshape or route blobs, and the other non-spatial layers:
 InnerProduct, Eltwise, Scale, Concat, Slice, Flatten, Reshape, Softmax, ArgMax,
-Silence, Split, Input.
+Silence, Split, Input, Embed, Tile, Reduction, Filter, BatchReindex, Parameter.
 """
 import torch
 
@@ -8,7 +8,8 @@ from ..proto import caffe_pb2
 from .base import Layer, register, count
 
 __all__ = ['InnerProduct', 'Eltwise', 'Scale', 'Concat', 'Slice', 'Flatten', 'Reshape',
-           'Softmax', 'ArgMax', 'Silence', 'Split', 'Input']
+           'Softmax', 'ArgMax', 'Silence', 'Split', 'Input', 'Embed', 'Tile', 'Reduction',
+           'Filter', 'BatchReindex', 'Parameter']
 
 _Eltwise = caffe_pb2.EltwiseParameter
 
@@ -537,3 +538,233 @@ class Input(Layer):
 
     def forward(self, bottoms, params):
         return [torch.zeros(shape) for shape in self.top_shapes([])]
+
+
+# ---- Embed, Tile, Reduction, Filter, BatchReindex, Parameter ---------------------------
+
+def _indices(layer, values, upper, what, integral):
+    """Float blob ``values`` as int64 indices (Caffe's static_cast<int> truncation),
+    each in [0, ``upper``); with ``integral``, non-integers are an error too.
+
+    Raises a CaffeError naming the layer and the first bad value.
+    """
+    values = values.detach()
+    bad = (values < 0) | (values >= upper) | torch.isnan(values)
+    if integral:
+        bad = bad | (values != torch.trunc(values))
+    if bool(bad.any()):
+        raise layer.error('%s %r at position %d is not %s in [0, %d)'
+                          % (what, float(values.reshape(-1)[bad.reshape(-1)][0]),
+                             int(torch.nonzero(bad.reshape(-1))[0]),
+                             'an integer' if integral else 'a value', upper))
+    return values.to(torch.int64)
+
+
+@register
+class Embed(Layer):
+    """Caffe's Embed: each bottom value, an integer index in [0, ``input_dim``), picks
+    a row of the (input_dim, num_output) weight; the top is ``bottom.shape +
+    (num_output,)``, plus the (num_output,) bias with ``bias_term``.
+
+    The weight's gradient adds each top row's diff into the row it came from, so
+    repeated indices accumulate (src/caffe/layers/embed_layer.cpp). The indices get
+    no gradient; a non-integer or out-of-range index is an error naming the layer
+    (Caffe only DCHECKs them).
+    """
+    type = 'Embed'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        p = layer_param.embed_param
+        if p.num_output < 1:
+            raise self.error('embed_param.num_output must be positive')
+        if p.input_dim < 1:
+            raise self.error('embed_param.input_dim must be positive')
+        self.embed_param = p
+
+    def param_shapes(self, bottom_shapes):
+        p = self.embed_param
+        return [(p.input_dim, p.num_output)] + ([(p.num_output,)] if p.bias_term else [])
+
+    def param_fillers(self):
+        p = self.embed_param
+        return [p.weight_filler] + ([p.bias_filler] if p.bias_term else [])
+
+    def top_shapes(self, bottom_shapes):
+        return [tuple(bottom_shapes[0]) + (self.embed_param.num_output,)]
+
+    def forward(self, bottoms, params):
+        p = self.embed_param
+        x = bottoms[0]
+        index = _indices(self, x, p.input_dim, 'index', integral=True).reshape(-1)
+        weight = params[0].reshape(p.input_dim, p.num_output)
+        top = weight.index_select(0, index)
+        if p.bias_term:
+            top = top + params[1].reshape(1, p.num_output)
+        return [top.reshape(tuple(x.shape) + (p.num_output,))]
+
+
+@register
+class Tile(Layer):
+    """Caffe's Tile: the block of axes ``axis``.. repeated ``tiles`` times along
+    ``axis`` (torch's ``repeat``); the gradient sums the copies."""
+    type = 'Tile'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        if layer_param.tile_param.tiles < 1:
+            raise self.error('tile_param.tiles must be positive, got %d'
+                             % layer_param.tile_param.tiles)
+
+    def _axis(self, shape):
+        return self.canonical_axis(self.layer_param.tile_param.axis, len(shape), shape)
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        axis = self._axis(shape)
+        return [shape[:axis] + (shape[axis] * self.layer_param.tile_param.tiles,)
+                + shape[axis + 1:]]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        reps = [1] * x.dim()
+        reps[self._axis(tuple(x.shape))] = self.layer_param.tile_param.tiles
+        return [x.repeat(reps)]
+
+
+_Reduction = caffe_pb2.ReductionParameter
+
+
+@register
+class Reduction(Layer):
+    """Caffe's Reduction: every axis from ``axis`` on reduced by SUM, ASUM (sum of
+    absolute values), SUMSQ (sum of squares) or MEAN, times ``coeff``.
+
+    The top keeps the axes before ``axis`` (a scalar for axis 0). Gradients, as
+    Caffe's: ``coeff``, ``coeff sign(x)`` (0 at 0), ``2 coeff x``, ``coeff / count``
+    times the top diff (src/caffe/layers/reduction_layer.cpp).
+    """
+    type = 'Reduction'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        self.operation = layer_param.reduction_param.operation
+        if self.operation not in (_Reduction.SUM, _Reduction.ASUM, _Reduction.SUMSQ,
+                                  _Reduction.MEAN):
+            raise self.error('unknown reduction operation %d' % self.operation)
+
+    def _axis(self, shape):
+        return self.canonical_axis(self.layer_param.reduction_param.axis, len(shape), shape)
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        return [shape[:self._axis(shape)]]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        shape = tuple(x.shape)
+        axis = self._axis(shape)
+        flat = x.reshape(count(shape, 0, axis), count(shape, axis))
+        if self.operation == _Reduction.ASUM:
+            top = flat.abs().sum(1)
+        elif self.operation == _Reduction.SUMSQ:
+            top = (flat * flat).sum(1)
+        else:
+            top = flat.sum(1)
+        # Caffe keeps coeff in the blob's precision and divides it by the count for MEAN.
+        coeff = self.layer_param.reduction_param.coeff
+        if self.operation == _Reduction.MEAN:
+            coeff = (torch.tensor(coeff, dtype=x.dtype) / flat.shape[1]).item()
+        if coeff != 1:
+            top = top * coeff
+        return [top.reshape(shape[:axis])]
+
+
+@register
+class Filter(Layer):
+    """Caffe's Filter: the items (first-axis entries) of bottoms 0..k-1 whose
+    selector, the last bottom (N, 1, ...), is nonzero; top i is bottom i filtered.
+
+    Before the first forward the tops have N items (Caffe's first Reshape); after,
+    as many as were selected. With nothing selected the tops are empty (0 items),
+    as Caffe's; their backward gives zero diffs (Caffe's divides by the empty top's
+    item count). Unselected items get zero gradient; the selector gets none
+    (src/caffe/layers/filter_layer.cpp).
+    """
+    type = 'Filter'
+    bottom_counts = (2, None)
+    top_counts = (1, None)
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        if len(layer_param.top) != len(layer_param.bottom) - 1:
+            raise self.error('needs one top per filtered bottom: %d bottoms (the last is '
+                             'the selector) but %d tops'
+                             % (len(layer_param.bottom), len(layer_param.top)))
+
+    def top_shapes(self, bottom_shapes):
+        shapes = [tuple(s) for s in bottom_shapes]
+        selector = shapes[-1]
+        if not selector or any(d != 1 for d in selector[1:]):
+            raise self.shape_error('selector blob dimensions must be singletons (1), '
+                                   'except the first', selector)
+        for shape in shapes[:-1]:
+            if not shape or shape[0] != selector[0]:
+                raise self.shape_error('each bottom should have the same 0th dimension as '
+                                       'the selector blob', shape, selector)
+        return shapes[:-1]
+
+    def forward(self, bottoms, params):
+        selector = bottoms[-1].detach().reshape(-1)
+        picked = torch.nonzero(selector != 0).reshape(-1)
+        return [b.index_select(0, picked) for b in bottoms[:-1]]
+
+
+@register
+class BatchReindex(Layer):
+    """Caffe's BatchReindex: top item i is bottom 0's item ``index[i]``, with the
+    indices a 1-axis second bottom; repeated indices accumulate in the gradient.
+
+    Indices must be in [0, N) (Caffe's CHECKs) and truncate to int; they get no
+    gradient (src/caffe/layers/batch_reindex_layer.cpp).
+    """
+    type = 'BatchReindex'
+    bottom_counts = (2, 2)
+
+    def top_shapes(self, bottom_shapes):
+        data, index = (tuple(s) for s in bottom_shapes)
+        if len(index) != 1:
+            raise self.shape_error('the index bottom must have one axis', data, index)
+        if not data:
+            raise self.shape_error('the data bottom needs a first axis', data)
+        return [(index[0],) + data[1:]]
+
+    def forward(self, bottoms, params):
+        data, index = bottoms
+        picked = _indices(self, index, data.shape[0], 'batch index', integral=False)
+        return [data.index_select(0, picked.reshape(-1))]
+
+
+@register
+class Parameter(Layer):
+    """Caffe's Parameter: no bottoms; its one top is its learnable blob, shaped by
+    ``parameter_param.shape`` and zero at first (Caffe fills it with nothing), so
+    that the top's diff becomes the blob's (src/caffe/layers/parameter_layer.cpp)."""
+    type = 'Parameter'
+    bottom_counts = (0, 0)
+
+    def _shape(self):
+        return tuple(int(d) for d in self.layer_param.parameter_param.shape.dim)
+
+    def param_shapes(self, bottom_shapes):
+        return [self._shape()]
+
+    def param_fillers(self):
+        return [caffe_pb2.FillerParameter(type='constant', value=0.0)]
+
+    def top_shapes(self, bottom_shapes):
+        return [self._shape()]
+
+    def forward(self, bottoms, params):
+        # A view: the top shares the blob's storage, as Caffe's ShareData/ShareDiff.
+        return [params[0].view(self._shape())]

@@ -1,4 +1,5 @@
-"""Spatial layers: Convolution, Deconvolution, Pooling, Crop (LRN is in normalization)."""
+"""Spatial layers: Convolution, Deconvolution, Pooling, Crop, SPP, Im2col (LRN is in
+normalization)."""
 import torch
 import torch.nn.functional as F
 
@@ -7,8 +8,8 @@ from ..proto import caffe_pb2
 from ..shapes import conv_output_size, deconv_output_size, pool_output_size
 from .base import Layer, register, count
 
-__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop',
-           'is_channel_diagonal']
+__all__ = ['Convolution', 'Deconvolution', 'Pooling', 'Crop', 'SPP', 'Im2col',
+           'is_channel_diagonal', 'spp_level_geometry', 'im2col']
 
 # Caffe seeds a MAX pooling window with -FLT_MAX and keeps a value only if it is
 # strictly greater, so no pooled value is ever below -FLT_MAX.
@@ -522,3 +523,176 @@ class Crop(Layer):
         offsets = self.offsets(shapes)
         (out_shape,) = self.top_shapes(shapes)
         return tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
+
+
+# ---- SPP and Im2col --------------------------------------------------------------------
+
+_SPP = caffe_pb2.SPPParameter
+
+
+def spp_level_geometry(height, width, level):
+    """(kernel, stride, pad) as (h, w) pairs of SPP pyramid level ``level``.
+
+    Caffe pools level i into 2^i x 2^i bins: kernel = stride = ceil(size / bins), and
+    pad = (kernel * bins - size + 1) // 2 (src/caffe/layers/spp_layer.cpp,
+    GetPoolingParam).
+
+    >>> spp_level_geometry(7, 6, 2)
+    ((2, 2), (2, 2), (1, 1))
+    >>> spp_level_geometry(13, 13, 1)
+    ((7, 7), (7, 7), (1, 1))
+    """
+    bins = 2 ** level
+    kernel, pad = [], []
+    for size in (height, width):
+        k = -(-size // bins)
+        kernel.append(k)
+        pad.append((k * bins - size + 1) // 2)
+    return tuple(kernel), tuple(kernel), tuple(pad)
+
+
+@register
+class SPP(Layer):
+    """Caffe's spatial pyramid pooling: level i of ``pyramid_height`` pools the
+    (N, C, H, W) bottom into about 2^i x 2^i bins with Caffe's Pooling (MAX or AVE,
+    kernel, stride and pad from :func:`spp_level_geometry`); each level is flattened
+    to (N, C * bins) and the levels are concatenated in order.
+
+    With ``pyramid_height: 1`` Caffe skips the flatten and concat: the top is the
+    pooled (N, C, 1, 1) blob. A level whose pad reaches its kernel (a bottom too
+    small for 2^i bins) is an error, as Caffe's Pooling CHECK.
+    """
+    type = 'SPP'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        p = layer_param.spp_param
+        if p.pyramid_height < 1:
+            raise self.error('spp_param.pyramid_height must be at least 1')
+        if p.pool not in (_SPP.MAX, _SPP.AVE):
+            raise self.error('SPP pooling method %s is not supported'
+                             % _SPP.PoolMethod.Name(p.pool))
+        self.spp_param = p
+        self._levels = {}  # bottom shape -> [(kernel, stride, pad, out)] per level
+
+    def levels(self, bottom_shape):
+        """(kernel, stride, pad, out) of each pyramid level, as (h, w) pairs."""
+        return _cached(self._levels, tuple(bottom_shape), self._work_out_levels)
+
+    def _work_out_levels(self, shape):
+        if len(shape) != 4:
+            raise self.shape_error('needs a 4-axis bottom (num, channels, height, width)',
+                                   shape)
+        H, W = shape[2:]
+        if H < 1 or W < 1:
+            raise self.shape_error('input dimensions cannot be zero', shape)
+        levels = []
+        for level in range(self.spp_param.pyramid_height):
+            kernel, stride, pad = spp_level_geometry(H, W, level)
+            try:
+                out = tuple(pool_output_size(n, k, s, q)
+                            for n, k, s, q in zip((H, W), kernel, stride, pad))
+            except ShapeError as err:
+                raise self.shape_error('pyramid level %d: %s' % (level, err), shape) from None
+            levels.append((kernel, stride, pad, out))
+        return levels
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        levels = self.levels(shape)
+        if len(levels) == 1:
+            return [shape[:2] + levels[0][3]]
+        return [(shape[0], sum(shape[1] * out[0] * out[1] for *_, out in levels))]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        pooled = []
+        for kernel, stride, pad, out in self.levels(tuple(x.shape)):
+            if self.spp_param.pool == _SPP.MAX:
+                pooled.append(_max_pool(x, kernel, stride, pad, out, False)[0])
+            else:
+                pooled.append(_ave_pool(x, kernel, stride, pad, out))
+        if len(pooled) == 1:
+            return pooled
+        return [torch.cat([p.reshape(x.shape[0], -1) for p in pooled], dim=1)]
+
+
+def im2col(x, kernel, stride, pad, dilation):
+    """Caffe's im2col on (B, C, *spatial): (B, C * prod(kernel), *out), row
+    ``(c * k_1 + i_1) * k_2 + i_2 ...`` holding the input under kernel tap (i_1, i_2,
+    ...) of every output position; zero padding. Its autograd is col2im.
+
+    >>> x = torch.arange(9.).reshape(1, 1, 3, 3)
+    >>> im2col(x, (2, 2), (1, 1), (0, 0), (1, 1))[0, :, 0, 0].tolist()
+    [0.0, 1.0, 3.0, 4.0]
+    """
+    n = len(kernel)
+    widths = []
+    for p in reversed(pad):
+        widths += [p, p]
+    cols = F.pad(x, widths)
+    for i in range(n):
+        extent = dilation[i] * (kernel[i] - 1) + 1
+        # windows along spatial axis i become a trailing axis of their taps
+        cols = cols.unfold(2 + i, extent, stride[i])[..., ::dilation[i]]
+    # (B, C, *out, *kernel) -> (B, C, *kernel, *out)
+    order = [0, 1] + list(range(2 + n, 2 + 2 * n)) + list(range(2, 2 + n))
+    cols = cols.permute(order)
+    return cols.reshape((x.shape[0], x.shape[1] * count(kernel)) + tuple(cols.shape[2 + n:]))
+
+
+@register
+class Im2col(Layer):
+    """Caffe's Im2col: the patches a Convolution with this ``convolution_param``
+    (kernel, stride, pad, dilation, axis) would see, as channels: top
+    (..., C * prod(kernel), *out), laid out as Caffe's im2col (see :func:`im2col`).
+    The gradient is Caffe's col2im, overlapping patches summed."""
+    type = 'Im2col'
+
+    def __init__(self, layer_param, phase):
+        super().__init__(layer_param, phase)
+        self._geometries = {}
+
+    def geometry(self, bottom_shape):
+        """(channel axis, kernel, stride, pad, dilation) for a bottom of this shape."""
+        return _cached(self._geometries, len(bottom_shape),
+                       lambda ndim: self._work_out_geometry(tuple(bottom_shape)))
+
+    def _work_out_geometry(self, shape):
+        p = self.layer_param.convolution_param
+        axis = self.canonical_axis(p.axis, len(shape), shape)
+        num_spatial = len(shape) - axis - 1
+        if num_spatial < 1:
+            raise self.shape_error('needs at least one spatial axis after channel axis %d'
+                                   % axis, shape)
+
+        def pair(a, b):
+            return (getattr(p, a), getattr(p, b)) if p.HasField(a) or p.HasField(b) else None
+        kernel = _per_axis(self, 'kernel', p.kernel_size, pair('kernel_h', 'kernel_w'),
+                           num_spatial, None)
+        stride = _per_axis(self, 'stride', p.stride, pair('stride_h', 'stride_w'),
+                           num_spatial, 1)
+        pad = _per_axis(self, 'pad', p.pad, pair('pad_h', 'pad_w'), num_spatial, 0)
+        dilation = _per_axis(self, 'dilation', p.dilation, None, num_spatial, 1)
+        if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+            raise self.error('kernel, stride and dilation must be positive, got %s, %s, %s'
+                             % (kernel, stride, dilation))
+        return axis, kernel, stride, pad, dilation
+
+    def top_shapes(self, bottom_shapes):
+        shape = tuple(bottom_shapes[0])
+        axis, kernel, stride, pad, dilation = self.geometry(shape)
+        try:
+            out = tuple(conv_output_size(n, k, s, q, d) for n, k, s, q, d in
+                        zip(shape[axis + 1:], kernel, stride, pad, dilation))
+        except ShapeError as err:
+            raise self.shape_error(str(err), shape) from None
+        return [shape[:axis] + (shape[axis] * count(kernel),) + out]
+
+    def forward(self, bottoms, params):
+        x = bottoms[0]
+        shape = tuple(x.shape)
+        axis, kernel, stride, pad, dilation = self.geometry(shape)
+        (top_shape,) = self.top_shapes([shape])
+        flat = x.reshape((count(shape, 0, axis),) + shape[axis:])
+        return [im2col(flat, kernel, stride, pad, dilation).reshape(top_shape)]

@@ -18,7 +18,7 @@ import numpy as np
 from .errors import CoordMapError
 from .net_spec import layers as L
 
-__all__ = ['PASS_THROUGH_LAYERS', 'UndefinedMapError', 'AxisMismatchError',
+__all__ = ['PASS_THROUGH_LAYERS', 'UndefinedMapError', 'AxisMismatchError', 'UnconnectedTopsError',
            'conv_map', 'deconv_map', 'compose', 'inverse', 'conv_params',
            'crop_params', 'layer', 'coord_map', 'coord_map_from_to',
            'crop_offset', 'crop']
@@ -41,6 +41,12 @@ class UndefinedMapError(CoordMapError):
 
 class AxisMismatchError(CoordMapError):
     """Two maps to compose work on different axes."""
+
+
+class UnconnectedTopsError(CoordMapError, RuntimeError):
+    """Two tops share no ancestor through layers with a map. pycaffe raises a
+    RuntimeError here; this is one too (and, as every CoordMapError, an
+    AssertionError)."""
 
 
 # pycaffe's names for the same exceptions
@@ -347,8 +353,9 @@ def coord_map_from_to(top_from, top_to):
 
     Raises
     ------
-    CoordMapError
-        If the tops share no ancestor through mappable layers; the message
+    UnconnectedTopsError
+        (a CoordMapError, AssertionError and RuntimeError) If the tops share no
+        ancestor through mappable layers; the message
         names the layers without a map where the walk stopped.
     """
     undefined = []
@@ -358,8 +365,8 @@ def coord_map_from_to(top_from, top_to):
             return compose(to_map, inverse(from_maps[top]))
     stopped = ('; the walk stopped at: ' + '; '.join(sorted(set(undefined)))
                if undefined else '')
-    raise CoordMapError('no coordinate map from %r to %r: they share no ancestor '
-                        'through spatial layers%s' % (top_from, top_to, stopped))
+    raise UnconnectedTopsError('no coordinate map from %r to %r: they share no ancestor '
+                               'through spatial layers%s' % (top_from, top_to, stopped))
 
 
 def crop_offset(top_from, top_to, tolerance=1e-6):

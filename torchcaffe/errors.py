@@ -42,8 +42,18 @@ class NetSpecError(CaffeError, ValueError):
     """A NetSpec cannot be turned into a NetParameter (bad keyword, unknown param, ...)."""
 
 
-class CoordMapError(CaffeError, ValueError):
-    """Coordinate mapping between two blobs is undefined, or a crop offset is not usable."""
+class CoordMapError(CaffeError, ValueError, AssertionError):
+    """Coordinate mapping between two blobs is undefined, or a crop offset is not usable.
+
+    Also an AssertionError, since pycaffe's ``coord_map`` refuses these cases with
+    ``assert`` (negative crop, scale mismatch, tops with no common ancestor), and
+    code written for it catches that.
+    """
+
+
+class NetSpecTypeError(NetSpecError, TypeError):
+    """A net-spec layer was given something other than a Top as a bottom (a tuple of
+    a multi-top layer's tops, say); a TypeError, as pycaffe's ``net_spec`` raises."""
 
 
 class ShapeError(CaffeError, ValueError):

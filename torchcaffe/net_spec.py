@@ -34,7 +34,7 @@ from collections import Counter, OrderedDict
 import numpy as np
 from google.protobuf.message import Message
 
-from .errors import NetSpecError
+from .errors import NetSpecError, NetSpecTypeError
 from .proto import caffe_pb2
 
 __all__ = ['layers', 'params', 'NetSpec', 'Top', 'Function', 'to_proto',
@@ -228,8 +228,9 @@ class Function(object):
             if not isinstance(bottom, Top):
                 hint = ('; unpack a multi-top layer into separate tops'
                         if isinstance(bottom, tuple) else '')
-                raise NetSpecError('%s layer: bottom %d must be a Top, got %r%s'
-                                   % (self.type_name, i, bottom, hint))
+                raise NetSpecTypeError('%s layer: bottom %d must be a Top, got %r (type is '
+                                       '%s)%s' % (self.type_name, i, bottom,
+                                                  type(bottom).__name__, hint))
         if not isinstance(self.ntop, int) or self.ntop < 0:
             raise NetSpecError('%s layer: ntop must be a non-negative int, got %r'
                                % (self.type_name, self.ntop))
@@ -294,7 +295,7 @@ def _function_of(value):
         return value
     hint = ('; unpack a multi-top layer: n.a, n.b = L.X(..., ntop=2)'
             if isinstance(value, tuple) else '')
-    raise NetSpecError('expected a Top or a Function, got %r%s' % (value, hint))
+    raise NetSpecTypeError('expected a Top or a Function, got %r%s' % (value, hint))
 
 
 def _top_name(top, names, autonames):

@@ -9,6 +9,7 @@ name), set the upsampling layers to bilinear interpolation, then alternate
     python voc-fcn32s/solve.py --gpu 0 --resume snapshot/train_iter_8000.solverstate
     python voc-fcn32s/solve.py --gpu 0 --resume latest   # the newest complete snapshot
     python voc-fcn32s/solve.py --gpu 0 --precision bf16   # mixed precision, not Caffe's
+    python voc-fcn32s/solve.py --gpu 0 --plot   # + snapshot/train.log, snapshot/train_curve.png
     python solve.py voc-fcn32s --gpu 0              # the same, from the repository root
     torchrun --nproc_per_node=4 solve.py voc-fcn32s --gpu 0   # data-parallel on 4 GPUs
 
@@ -257,7 +258,54 @@ def parse_args(argv, description, test_every=4000):
                         help="arithmetic: fp32 (Caffe's, default), tf32 (TF32 tensor cores "
                              "on CUDA) or bf16 (bfloat16 autocast, float32 weights and "
                              "updates)")
+    parser.add_argument('--plot', action='store_true',
+                        help='also write the log to <snapshot_prefix>.log and plot its '
+                             'learning curve to <snapshot_prefix>_curve.png')
     return parser.parse_args(argv)
+
+
+class _Tee:
+    """A text stream writing to several (stdout and the --plot log)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def curve_log(solver, enabled, append=False):
+    """With ``--plot``: the run's log (the solver's glog lines and the seg-test lines)
+    also goes to ``<snapshot_prefix>.log``, and its learning curve is plotted to
+    ``<snapshot_prefix>_curve.png`` at the end, also after a stop (rank 0 only)."""
+    if not enabled or not distributed.is_main():
+        yield
+        return
+    prefix = solver.param.snapshot_prefix or 'train'
+    path, png = prefix + '.log', prefix + '_curve.png'
+    stream = open(path, 'a' if append else 'w', encoding='utf-8')
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(caffe.glog.GlogFormatter())
+    log.addHandler(handler)
+    try:
+        with contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
+            yield
+    finally:
+        log.removeHandler(handler)
+        stream.close()
+        from torchcaffe.tools import plot_training_log  # matplotlib only when plotting
+        try:
+            plot_training_log.plot_logs([path], png)
+            log.info('Learning curve: %s (log %s)', png, path)
+        except ValueError as err:
+            log.warning('No learning curve: %s', err)
 
 
 def main(model_dir, default_weights, argv=None, test_every=4000, max_iter=None, heads=None,
@@ -305,8 +353,9 @@ def _run(model_dir, default_weights, args, max_iter=None, heads=None, init=None)
         distributed.attach(solver)  # rank 0's weights everywhere; diffs averaged
         max_iter = args.max_iter or max_iter or solver.param.max_iter
         try:
-            train(solver, max_iter, args.test_every, val_ids(solver), heads=heads,
-                  resumed=bool(args.resume))
+            with curve_log(solver, args.plot, append=bool(args.resume)):
+                train(solver, max_iter, args.test_every, val_ids(solver), heads=heads,
+                      resumed=bool(args.resume))
         except caffe.TrainingStopped as stop:
             log.info('Stopped at iteration %d; resume with --resume %s',
                      stop.iteration, stop.snapshot)

@@ -123,3 +123,32 @@ def test_plot_refuses_a_log_with_nothing_to_plot(tmp_path, capsys):
     assert plot_training_log.main([str(tmp_path / 'c.png'), str(empty)]) == 2
     assert 'no train or test outputs to plot' in capsys.readouterr().err
     assert not (tmp_path / 'c.png').exists()
+
+
+def test_training_with_plot_leaves_its_log_and_curve_beside_the_snapshots(tmp_path, capsys):
+    """training.py --plot (every solve.py): solver lines and seg-test lines in one log."""
+    import sys
+    import training
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, 'data'))
+    import make_demo_data
+    from voc_tree import make_voc_tree
+    from nets import voc, write
+    make_voc_tree(tmp_path, num_train=3, num_val=2, seed=1)
+    model = tmp_path / 'model'
+    nets = voc.stage_nets('fcn32s', classes=len(make_demo_data.CLASSES), width=1 / 16)
+    write.write_nets({k: v for k, v in nets.items() if k != 'deploy'}, str(model))
+    (model / 'solver.prototxt').write_text(
+        'train_net: "train.prototxt"\ntest_net: "val.prototxt"\ntest_iter: 2\n'
+        'test_interval: 999999999\ndisplay: 1\nlr_policy: "fixed"\nbase_lr: 1e-6\n'
+        'momentum: 0.9\nmax_iter: 2\nsnapshot: 2\nsnapshot_prefix: "snapshot/train"\n'
+        'test_initialization: false\n')
+    assert training.main(str(model), None, ['--test-every', '1', '--max-iter', '2',
+                                            '--plot']) == 0
+    assert 'Iteration 2 mean IU' in capsys.readouterr().out  # stdout still gets the lines
+    train, test = parse_log.parse_log(str(model / 'snapshot' / 'train.log'))
+    assert [r['NumIters'] for r in train] == [0, 1]
+    assert [r['NumIters'] for r in test] == [1, 2]
+    assert {'loss', 'overall accuracy', 'mean IU', 'fwavacc'} <= set(test[0])
+    png = (model / 'snapshot' / 'train_curve.png').read_bytes()
+    assert png[:8] == b'\x89PNG\r\n\x1a\n'

@@ -6,7 +6,6 @@ by dot's ``\\n`` escape (a backslash and an n) in horizontal graphs.
 """
 import io
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -16,7 +15,7 @@ from google.protobuf import text_format
 from PIL import Image
 
 from torchcaffe import draw
-from torchcaffe.errors import CaffeError, PrototxtError
+from torchcaffe.errors import CaffeError
 from torchcaffe.proto import caffe_pb2
 from torchcaffe.tools import draw_net as draw_net_cli
 
@@ -242,6 +241,20 @@ def test_without_graphviz_drawing_says_to_install_it_but_dot_source_still_works(
         draw.draw_net(parse(TINY), 'LR')
     assert isinstance(info.value, CaffeError)
     assert draw.draw_net(parse(TINY), 'LR', ext='dot').startswith(b'digraph tiny')
+
+
+def test_pycaffe_drawing_code_runs_unchanged_with_import_caffe(tmp_path):
+    """The body of pycaffe's draw_net.py, positional arguments as it passes them."""
+    import caffe
+    import caffe.draw
+    from caffe.proto import caffe_pb2 as pb2
+    net = pb2.NetParameter()
+    text_format.Merge(TINY, net)
+    caffe.draw.draw_net_to_file(net, str(tmp_path / 'tiny.dot'), 'TB', caffe.TEST, True)
+    source = (tmp_path / 'tiny.dot').read_text()
+    assert '"conv1 (Convolution) kernel size: 3 stride: 1 pad: 1 lr mult: 1.0, 2.0"' in source
+    assert '(Data)' not in source and '(Input)' in source
+    assert caffe.draw.draw_net(net, 'LR', 'svg').lstrip().startswith(b'<?xml')
 
 
 # ------------------------------------------------------------------------------ the CLI

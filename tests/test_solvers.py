@@ -14,6 +14,7 @@ import re
 import h5py
 import numpy as np
 import pytest
+import torch
 from google.protobuf import text_format
 
 import torchcaffe as caffe
@@ -58,6 +59,7 @@ TWO_SETS = ('AdaDelta', 'Adam')
 def cpu_mode():
     caffe.set_mode_cpu()
     yield
+    caffe.set_mode_cpu()
 
 
 def solver_param(kind, extra=''):
@@ -436,3 +438,23 @@ def test_bad_hyperparameters_fail_naming_the_solver_file(tmp_path, kind, fields,
                     % (kind, BASE, fields, NET))
     with pytest.raises(CaffeError, match=re.escape(str(path)) + ': ' + re.escape(message)):
         caffe.get_solver(str(path))
+
+
+# -- GPU -----------------------------------------------------------------------------------
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')
+@pytest.mark.parametrize('kind', TYPES)
+def test_gpu_updates_match_cpu(kind):
+    cpu = make_solver(kind, 'weight_decay: 0.01')
+    start = weights(cpu)
+    for _ in range(3):
+        step(cpu)
+    caffe.set_mode_gpu()
+    gpu = make_solver(kind, 'weight_decay: 0.01')
+    for p, w in zip(gpu.net.learnable_params, start):
+        p.data[...] = w
+    for _ in range(3):
+        step(gpu)
+    assert gpu.net.device.type == 'cuda'
+    for i, (a, b) in enumerate(zip(weights(gpu) + gpu.history, weights(cpu) + cpu.history)):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg='blob %d' % i)

@@ -174,6 +174,26 @@ def test_filter_with_nothing_selected_gives_empty_tops_and_zero_gradient():
     assert torch.all(a.grad == 0)
 
 
+def test_filter_in_a_net_resizes_its_top_per_forward():
+    net = net_from('''
+        input: "x" input_shape { dim: 4 dim: 3 }
+        input: "s" input_shape { dim: 4 dim: 1 }
+        force_backward: true
+        layer { name: "f" type: "Filter" bottom: "x" bottom: "s" top: "y" }
+        layer { name: "r" type: "Reduction" bottom: "y" top: "loss" loss_weight: 1
+                reduction_param { operation: SUMSQ } }
+    ''')
+    assert net.blobs['y'].shape == (4, 3)
+    x = np.arange(12, dtype=np.float32).reshape(4, 3)
+    out = net.forward(x=x, s=np.array([[1], [0], [0], [1]], np.float32))
+    assert net.blobs['y'].shape == (2, 3) and out['loss'] == (x[[0, 3]] ** 2).sum()
+    net.backward()
+    np.testing.assert_array_equal(net.blobs['x'].diff, 2 * x * [[1], [0], [0], [1]])
+    assert not net.blobs['s'].diff.any()
+    out = net.forward(x=x, s=np.zeros((4, 1), np.float32))
+    assert net.blobs['y'].shape == (0, 3) and out['loss'] == 0
+
+
 def test_filter_shape_checks_name_the_layer():
     layer = filter_layer()
     with pytest.raises(ShapeError, match="'filt'.*singletons"):

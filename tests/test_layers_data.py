@@ -288,3 +288,87 @@ def test_a_train_and_a_test_net_read_one_database(tmp_path):
     again.forward()
     again_runs = [again.forward()['data'].copy() for _ in range(4)]
     assert all(np.array_equal(a, b) for a, b in zip(train_runs, again_runs))
+
+
+# ------------------------------------------------------------------------ WindowData
+
+WINDOW_DATA = '''
+layer { name: "win" type: "WindowData" top: "data" top: "label"
+  window_data_param { source: "%s" root_folder: "%s/" batch_size: 4 fg_fraction: 0.5
+                      fg_threshold: 0.5 bg_threshold: 0.3 scale: 0.5 %s }
+  transform_param { crop_size: 4 mean_value: 10 mean_value: 20 mean_value: 30 %s } }
+'''
+
+
+@pytest.fixture
+def window_file(tmp_path):
+    rng = np.random.default_rng(9)
+    rgb = rng.integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    Image.fromarray(rgb).save(str(tmp_path / 'scene.png'))
+    bgr = rgb[:, :, ::-1].transpose(2, 0, 1).astype(np.float32)
+    # class 3 at x 2..5, y 1..4 (fg); a background box at x 6..9, y 5..8; one between
+    # the thresholds, never used.
+    (tmp_path / 'windows.txt').write_text(
+        '# 0\nscene.png\n3\n10\n12\n3\n3 0.9 2 1 5 4\n7 0.1 6 5 9 8\n5 0.4 0 0 3 3\n')
+    return tmp_path, bgr
+
+
+def expected_window(bgr, x1, y1):
+    mean = np.array([10, 20, 30], np.float32)[:, None, None]
+    return (bgr[:, y1:y1 + 4, x1:x1 + 4] - mean) * np.float32(0.5)
+
+
+def test_window_data_draws_background_then_foreground_windows(window_file):
+    tmp_path, bgr = window_file
+    net = net_from(tmp_path, WINDOW_DATA % (tmp_path / 'windows.txt', tmp_path, '', ''))
+    out = net.forward()
+    assert out['label'].tolist() == [0, 0, 3, 3]
+    for k, (x1, y1) in enumerate([(6, 5), (6, 5), (2, 1), (2, 1)]):
+        np.testing.assert_array_equal(out['data'][k], expected_window(bgr, x1, y1))
+
+
+def test_window_data_mirror_flips_some_windows(window_file):
+    tmp_path, bgr = window_file
+    net = net_from(tmp_path, WINDOW_DATA % (tmp_path / 'windows.txt', tmp_path, '',
+                                            'mirror: true'), caffe.TRAIN)
+    fg = expected_window(bgr, 2, 1)
+    flips = []
+    for _ in range(6):
+        for item in net.forward()['data'][2:]:
+            same, flipped = np.array_equal(item, fg), np.array_equal(item, fg[:, :, ::-1])
+            assert same or flipped
+            flips.append(flipped)
+    assert any(flips) and not all(flips)
+
+
+def test_window_data_context_pad_leaves_zeros_past_the_image_edge(tmp_path):
+    rgb = np.full((6, 6, 3), 100, np.uint8)
+    Image.fromarray(rgb).save(str(tmp_path / 'flat.png'))
+    (tmp_path / 'w.txt').write_text('# 0\nflat.png\n3\n6\n6\n1\n1 1.0 0 0 3 3\n')
+    text = '''
+layer { name: "win" type: "WindowData" top: "data" top: "label"
+  window_data_param { source: "%s" root_folder: "%s/" batch_size: 1 fg_fraction: 1
+                      context_pad: 2 }
+  transform_param { crop_size: 8 } }''' % (tmp_path / 'w.txt', tmp_path)
+    data = net_from(tmp_path, text).forward()['data'][0]
+    # window_geometry((0, 0, 3, 3), (6, 6), 8, 2): source 0..5 (clipped at the right edge
+    # too: x2 = 6 -> 5), warped to 5 x 5 at (2, 2); see its doctest for the arithmetic
+    from torchcaffe.layer_types.window_data import window_geometry
+    (x1, y1, x2, y2), (h, w), (ph, pw) = window_geometry((0, 0, 3, 3), (6, 6), 8, 2)
+    assert (ph, pw) == (2, 2)
+    want = np.zeros((3, 8, 8), np.float32)
+    want[:, ph:ph + h, pw:pw + w] = 100
+    np.testing.assert_array_equal(data, want)
+
+
+def test_window_data_refuses_unusable_window_files(tmp_path, window_file):
+    tmp_path, _ = window_file
+    (tmp_path / 'nobg.txt').write_text('# 0\nscene.png\n3\n10\n12\n1\n3 0.9 2 1 5 4\n')
+    with pytest.raises(caffe.CaffeError, match='no background windows'):
+        net_from(tmp_path, WINDOW_DATA % (tmp_path / 'nobg.txt', tmp_path, '', ''))
+    (tmp_path / 'zero.txt').write_text('# 0\nscene.png\n3\n10\n12\n1\n0 0.9 2 1 5 4\n')
+    with pytest.raises(caffe.CaffeError, match='foreground window of class 0'):
+        net_from(tmp_path, WINDOW_DATA % (tmp_path / 'zero.txt', tmp_path, '', ''))
+    (tmp_path / 'cut.txt').write_text('# 0\nscene.png\n3\n10\n')
+    with pytest.raises(caffe.CaffeError, match='ends in the middle'):
+        net_from(tmp_path, WINDOW_DATA % (tmp_path / 'cut.txt', tmp_path, '', ''))

@@ -220,3 +220,21 @@ def test_database_reader_cycles_and_peeks(images, tmp_path):
     assert keys == [b'%08d' % i for i in (0, 1, 2, 3, 4, 0, 1)]
     assert reader.peek()[0][:8] == b'00000002'
     reader.close()
+
+
+def test_data_parallel_ranks_read_alternate_records(images, tmp_path):
+    from torchcaffe.data_transformer import DataTransformer
+    from torchcaffe.layer_types.data import _DatumSource
+    root, list_file, _ = images
+    out = str(tmp_path / 'db')
+    convert_imageset.main([root, list_file, out])
+    labels = {}
+    for rank in (0, 1):
+        reader = db.open_reader(out, 'lmdb')
+        source = _DatumSource(reader, 2, DataTransformer(caffe_pb2.TransformationParameter(),
+                                                         caffe.TRAIN), None, 'd', rank, 2)
+        labels[rank] = [source.load()[1].tolist() for _ in range(2)]
+        reader.close()
+    # offsets 0..7 run over records 0 1 2 3 4 0 1 2: even offsets to rank 0, odd to rank 1
+    assert labels[0] == [[10, 12], [14, 11]]
+    assert labels[1] == [[11, 13], [10, 12]]

@@ -31,6 +31,7 @@ Layer implementations live in ``torchcaffe.layer_types``; Python layers in
 ``torchcaffe.mode``.
 """
 import contextlib
+import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -80,6 +81,7 @@ class _Step:
         self.loss_weights = {}     # top index -> nonzero loss weight
         self.loss_outputs = {}     # top index -> tensor of the last forward
         self.shapes = None         # bottom shapes at the last shape check
+        self.last_bottoms = ()     # the bottom tensors of the last forward (backward(end=))
 
     # ---- pieces shared by the step kinds --------------------------------------------
 
@@ -157,11 +159,12 @@ class _Step:
             if not in_place and t is not None and t.grad_fn is not None:
                 blob._data.tensor = t.detach()
         self.loss_outputs = {}
+        self.last_bottoms = ()
 
     # ---- the step kinds override these ---------------------------------------------
 
     def run(self, force_backward):
-        bottoms = self.bottom_tensors()
+        bottoms = self.last_bottoms = self.bottom_tensors()
         shapes = [t.shape for t in bottoms]
         if shapes != self.shapes:
             self.check_shapes(shapes)
@@ -202,7 +205,8 @@ class _PythonStep(_Step):
         elif not self.tops:
             runner.run()
         else:
-            self.publish(runner.apply(self.bottom_tensors() + self.param_tensors()))
+            self.last_bottoms = self.bottom_tensors()
+            self.publish(runner.apply(self.last_bottoms + self.param_tensors()))
 
     def reshape(self):
         self.runner.reshape()
@@ -608,17 +612,14 @@ class Net:
         Returns
         -------
         dict
-            Blob name -> its ``data`` array, for the outputs (or ``end``'s blob when
-            ``end`` is given) and ``blobs``.
+            Blob name -> its ``data`` array, for the outputs (or, when ``end`` is
+            given, that layer's tops, as pycaffe's ``top_names[end]``) and ``blobs``.
         """
         blobs = list(blobs or [])
         start_ind = 0 if start is None else self._layer_index(start)
         if end is not None:
             end_ind = self._layer_index(end)
-            # pycaffe returns the blob named like the end layer; layers named
-            # otherwise give their tops.
-            ends = [end] if end in self._blobs else list(self._steps[end_ind].lp.top)
-            outputs = set(ends + blobs)
+            outputs = set(list(self._steps[end_ind].lp.top) + blobs)
         else:
             end_ind = len(self._steps) - 1
             outputs = set(self.outputs + blobs)
@@ -684,28 +685,29 @@ class Net:
             Layer to start from: its tops' current diffs seed the gradient (a loss
             top's diff holds its loss weight), and layers above it are left out.
         end : str, optional
-            Only the first layer is supported: stopping part way down is not.
+            Last layer to run backward (inclusive): its bottoms get their diffs,
+            layers below it (and their params) are left alone.
         **kwargs :
             Output blob name -> diff array seeding it; every output or none.
 
         Returns
         -------
         dict
-            Blob name -> its ``diff`` array, for the inputs (or ``end``'s blob) and
+            Blob name -> its ``diff`` array, for the inputs (or, when ``end`` is
+            given, that layer's bottoms, as pycaffe's ``bottom_names[end]``) and
             ``diffs``.
         """
         diffs = list(diffs or [])
         last = len(self._steps) - 1
         start_ind = last if start is None else self._layer_index(start)
-        if end is not None and self._layer_index(end) != 0:
-            raise NotImplementedError(
-                'backward(end=%r): stopping before the first layer is not supported; autograd '
-                'runs every layer below start' % (end,))
+        end_ind = 0 if end is None else self._layer_index(end)
+        if end_ind > start_ind:
+            raise CaffeError('backward(start=%r, end=%r): end comes after start'
+                             % (start, end))
         if end is None:
             outputs = set(self.inputs + diffs)
-        else:  # as forward: the blob named like the layer, else the layer's tops
-            ends = [end] if end in self._blobs else list(self._steps[0].lp.top)
-            outputs = set(ends + diffs)
+        else:
+            outputs = set(list(self._steps[end_ind].lp.bottom) + diffs)
         missing = [b for b in outputs if b not in self._blobs]
         if missing:
             raise CaffeError('net %r has no blob %r' % (self.name, missing[0]))
@@ -722,10 +724,10 @@ class Net:
                                      % (name, value.shape, blob.shape))
                 blob.diff[...] = value
                 seeded.append(name)
-        self._backward(start_ind, seeded)
+        self._backward(start_ind, seeded, end=end_ind)
         return {out: self._blobs[out].diff for out in outputs}
 
-    def _backward(self, start=None, seeded=(), retain_graph=True):
+    def _backward(self, start=None, seeded=(), retain_graph=True, end=0):
         """Backward from layer index ``start`` (the last by default) to the first.
 
         The roots are the loss tops of the layers up to ``start``, seeded with their
@@ -780,7 +782,10 @@ class Net:
                 if b._diff.tensor is not None:
                     b.diff_tensor()  # host writes go to the device before accumulating
         with reraise_oom('net %r, backward pass' % self.name, device=self._device):
-            torch.autograd.backward(roots, grads, retain_graph=retain_graph)
+            if end:
+                self._backward_to(end, start, roots, grads, retain_graph)
+            else:
+                torch.autograd.backward(roots, grads, retain_graph=retain_graph)
         self._graph_freed = not retain_graph
         if self._mirrored:
             for step in self._steps:
@@ -788,6 +793,21 @@ class Net:
                     for b in step.params:
                         if b._requires_grad:
                             b._diff.head = blob_module.DEVICE
+
+    def _backward_to(self, end, start, roots, grads, retain_graph):
+        """Backward through layers ``end`` .. ``start`` only (Caffe's BackwardFromTo):
+        autograd goes as far as those layers' bottoms and trained params."""
+        steps = self._steps[end:start + 1]
+        stops = [t for s in steps for t in s.last_bottoms if t.requires_grad]
+        leaves = [b._leaf for s in steps for b in s.params
+                  if b._requires_grad and b._leaf is not None and b._leaf.requires_grad]
+        inputs = list({id(t): t for t in stops + leaves}.values())
+        if not inputs:
+            return
+        torch.autograd.backward(roots, grads, retain_graph=retain_graph, inputs=inputs)
+        for t in stops:
+            if not t.is_leaf:
+                t.grad = None  # the diff went to the blob (its hook); drop torch's copy
 
     @staticmethod
     def _add_root(roots, grads, tensor, blob, weight):
@@ -857,7 +877,48 @@ class Net:
                 all_outs[out] = all_outs[out][:-pad]
         return all_outs
 
+    def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
+        """Forward and backward in batches of the net's batch size (pycaffe's
+        ``forward_backward_all``).
+
+        Parameters
+        ----------
+        blobs, diffs : list of str, optional
+            Blobs whose data / diffs to return besides the outputs' / inputs'.
+        **kwargs :
+            Input name -> array (fed forward) and output name -> array (the diffs
+            seeding backward), all with the same number of items. Without inputs
+            the data comes from the data layers; without outputs backward starts from
+            the loss.
+
+        Returns
+        -------
+        (dict, dict)
+            Blob name -> array of all items' data, and blob name -> array of all
+            items' diffs (padding of the last batch discarded).
+        """
+        all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
+        all_diffs = {diff: [] for diff in set(self.inputs + list(diffs or []))}
+        forward_batches = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs})
+        backward_batches = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs})
+        for fb, bb in itertools.zip_longest(forward_batches, backward_batches, fillvalue={}):
+            for out, data in self.forward(blobs=blobs, **fb).items():
+                all_outs[out].extend(data.copy())
+            for diff, data in self.backward(diffs=diffs, **bb).items():
+                all_diffs[diff].extend(data.copy())
+        all_outs = {k: np.asarray(v) for k, v in all_outs.items()}
+        all_diffs = {k: np.asarray(v) for k, v in all_diffs.items()}
+        if kwargs:
+            num = len(next(iter(kwargs.values())))
+            all_outs = {k: v[:num] for k, v in all_outs.items()}
+            all_diffs = {k: v[:num] for k, v in all_diffs.items()}
+        return all_outs, all_diffs
+
     def _batch(self, arrays):
+        """Batches of the net's batch size (the first blob's num), the last padded with
+        zeros; nothing for no arrays."""
+        if not arrays:
+            return
         num = len(next(iter(arrays.values())))
         batch_size = next(iter(self._blobs.values())).num
         for i in range(0, num - num % batch_size, batch_size):

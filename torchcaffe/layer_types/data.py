@@ -14,21 +14,25 @@ generators seeded by ``caffe.set_random_seed``'s seed and the layer name
 (``data_transformer.layer_rng``): reproducible, but not Caffe's own random
 stream.
 """
+import logging
 import os
 import weakref
 
 import numpy as np
 import torch
 
-from .. import db, fillers, mode
+from .. import db, distributed, fillers, mode
 from ..data_transformer import DataTransformer, TransformError, decode_image, read_image
 from ..data_transformer import layer_rng
 from ..errors import CaffeError
+from ..glog import LOGGER_NAME
 from ..prefetch import Prefetcher
 from ..proto import caffe_pb2
 from .base import Layer, register
 
 __all__ = ['DataLayerError', 'datum_image', 'read_image_list', 'read_source_list']
+
+log = logging.getLogger(LOGGER_NAME)
 
 
 class DataLayerError(CaffeError, ValueError):
@@ -117,6 +121,8 @@ class _BatchLayer(Layer):
         self.where = 'layer %r (%s)' % (self.name, self.type)
         self._source = self.make_source()
         self._ready = self._source.load()  # the first batch: its shape is the top shape
+        log.info('%s: output data size: %s', self.where,
+                 ','.join(str(d) for d in self._ready[0].shape))
         self._count = 0
         self._prefetcher = Prefetcher(self._source.load, name='%s prefetch' % self.name)
         weakref.finalize(self, _shut_down, self._prefetcher, self._source)
@@ -150,18 +156,30 @@ def _shut_down(prefetcher, source):
 
 
 class _DatumSource:
-    """Batches of Datum records from a database, transformed."""
+    """Batches of Datum records from a database, transformed.
 
-    def __init__(self, reader, batch_size, transformer, color, where):
+    In data-parallel training (``torchcaffe.distributed``) rank r of N keeps the
+    records whose running offset is r modulo N, in TRAIN only (Caffe's
+    DataLayer::Skip: in TEST only the root solver runs).
+    """
+
+    def __init__(self, reader, batch_size, transformer, color, where, rank=0, ranks=1):
         self.reader, self.batch_size = reader, batch_size
         self.transformer, self.color, self.where = transformer, color, where
+        self.rank, self.ranks = rank, ranks
+        self.offset = 0
 
     def close(self):
         self.reader.close()
 
     def load(self):
         images, labels = [], []
-        for key, value in self.reader.next(self.batch_size):
+        records = self.reader.next(self.batch_size * self.ranks)
+        if self.ranks > 1:
+            records = [r for j, r in enumerate(records)
+                       if (self.offset + j) % self.ranks == self.rank]
+            self.offset += self.batch_size * self.ranks
+        for key, value in records:
             what = '%s: record %r of %s' % (self.where, key.decode('utf-8', 'replace'),
                                             self.reader.path)
             try:
@@ -209,7 +227,9 @@ class DataLayer(_BatchLayer):
                 raise self.error('force_color and force_gray apply to encoded datums only, '
                                  'and %s is not encoded' % p.source)
         color = True if p.force_encoded_color else transformer.color_mode()
-        return _DatumSource(reader, p.batch_size, transformer, color, self.where)
+        rank, ranks = ((distributed.rank(), distributed.world_size())
+                       if self.phase == caffe_pb2.TRAIN else (0, 1))
+        return _DatumSource(reader, p.batch_size, transformer, color, self.where, rank, ranks)
 
 
 class _ImageListSource:

@@ -4,6 +4,7 @@
 ``layer_param.type``; ``known_types()`` lists the registered names.
 """
 from .base import Layer, register, create_layer, known_types, layer_class
-from . import vision, neuron, common, loss, data, normalization  # noqa: F401  (registers the layers)
+from . import vision, neuron, common, loss, data  # noqa: F401  (registers the layers)
+from . import normalization, recurrent  # noqa: F401
 
 __all__ = ['Layer', 'register', 'create_layer', 'known_types', 'layer_class']

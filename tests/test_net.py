@@ -375,8 +375,13 @@ def test_backward_kwargs_seed_the_outputs():
     diffs = net.backward(out=np.array([[2.0], [0.0]]))
     grad_pre = np.vstack([2 * V, np.zeros((1, 4))]) * (pre_relu() > 0)
     np.testing.assert_allclose(diffs['x'], grad_pre @ W, rtol=1e-5)
-    with pytest.raises(NotImplementedError, match='end'):
-        net.backward(end='ip')
+    # end= stops at that layer (Caffe's BackwardFromTo): its bottoms get their diffs,
+    # the layers below keep theirs.
+    before = net.params['ip'][0].diff.copy()
+    diffs = net.backward(end='relu', out=np.array([[2.0], [0.0]]))
+    assert set(diffs) == {'ip'}
+    np.testing.assert_allclose(diffs['ip'], grad_pre, rtol=1e-5)
+    np.testing.assert_array_equal(net.params['ip'][0].diff, before)
 
 
 GRAD_NET = '''

@@ -121,6 +121,12 @@ class Layer:
         """Compute the tops from the bottoms and learnable blobs (torch tensors)."""
         raise NotImplementedError
 
+    def reshape(self, bottom, top):
+        """Shape the ``top`` Blobs for the ``bottom`` Blobs (Caffe's ``Layer::Reshape``,
+        pycaffe's ``net.layers[i].reshape(bottom, top)``)."""
+        for blob, shape in zip(top, self.top_shapes([tuple(b.shape) for b in bottom])):
+            blob.reshape(*shape)
+
     # ---- helpers for the Net --------------------------------------------------
 
     def num_tops(self):

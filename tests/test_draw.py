@@ -6,6 +6,7 @@ by dot's ``\\n`` escape (a backslash and an n) in horizontal graphs.
 """
 import io
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -199,6 +200,16 @@ def test_old_format_nets_are_upgraded_before_drawing():
         '"input (Input)"', 'data',  # Caffe's UpgradeNetInput names it "input"
         '"conv (Convolution) kernel size: 1 stride: 1 pad: 0 lr mult: 1.0, 2.0"', 'conv']
     assert len(net.layers) == 1 and len(net.layer) == 0  # the caller's net is untouched
+
+
+def test_names_with_dot_and_record_syntax_are_drawn_literally():
+    net = parse(r'''layer { name: "a|b \"x\" {y}<z>" type: "Eltwise"
+                            bottom: "p:q" bottom: "say \"hi\"" top: "out" }''')
+    assert net.layer[0].name == 'a|b "x" {y}<z>'
+    svg = draw.draw_net(net, 'TB', 'svg').decode()
+    texts = re.findall(r'<text[^>]*>([^<]*)</text>', svg)
+    assert sorted(texts) == sorted(['a|b &quot;x&quot; {y}&lt;z&gt; (Eltwise)', 'p:q',
+                                    'say &quot;hi&quot;', 'out'])
 
 
 def test_a_blob_name_with_a_colon_stays_one_node():

@@ -137,6 +137,12 @@ def _spatial_values(layer):
     return kernel, stride, pad
 
 
+def _record_text(text):
+    # Layer nodes are dot 'record' shapes labelled by their quoted name: a quote
+    # would end the name, and { } | < > would split the record into fields.
+    return ''.join('\\' + c if c in '"{}|<>' else c for c in text)
+
+
 def get_layer_label(layer, rankdir, display_lrm=False):
     """The text of a layer's node, in double quotes (dot needs them for the colons).
 
@@ -156,11 +162,11 @@ def get_layer_label(layer, rankdir, display_lrm=False):
         (with a literal backslash-n).
     """
     sep = ' ' if rankdir in ('TB', 'BT') else r'\n'
-    parts = [layer.name]
+    parts = [_record_text(layer.name)]
     if layer.type == 'Pooling':
         parts.append('(Pooling %s)' % get_pooling_types_dict()[layer.pooling_param.pool])
     else:
-        parts.append('(%s)' % layer.type)
+        parts.append('(%s)' % _record_text(layer.type))
     if layer.type in _SPATIAL_TYPES:
         kernel, stride, pad = _spatial_values(layer)
         parts += ['kernel size: %s' % kernel, 'stride: %s' % stride, 'pad: %s' % pad]
@@ -209,8 +215,10 @@ def layer_in_phase(layer, phase):
 
 
 def _blob_node_name(blob):
-    # A ':' in a bare dot ID would be read as a port.
-    return '"%s"' % blob if ':' in blob else blob
+    # A ':' in a bare dot ID would be read as a port; pydot quotes other odd names.
+    if ':' in blob or '"' in blob:
+        return '"%s"' % blob.replace('"', '\\"')
+    return blob
 
 
 def _as_current_format(net_param):

@@ -414,3 +414,49 @@ def test_onnx_export_refuses_a_new_layer_by_name():
     ''', phase=caffe_pb2.TEST)
     with pytest.raises(UnknownLayerError, match="'total'.*'Reduction'.*no ONNX export"):
         onnx_export.to_onnx(net)
+
+
+# ---- CUDA cross-check ------------------------------------------------------------------
+
+def _cases():
+    labels3 = torch.tensor([2.0, 0.0, 1.0])
+    return [
+        ('type: "EuclideanLoss"', [rand(3, 4), rand(3, 4, seed=1)], [], (0, 1)),
+        ('type: "SigmoidCrossEntropyLoss" loss_param { ignore_label: 1 normalization: VALID }',
+         [rand(3, 4), torch.tensor([[0.0, 1, 0.5, 1]] * 3, dtype=torch.float64)], [], (0,)),
+        ('type: "InfogainLoss" bottom: "s" bottom: "l" bottom: "H" loss_param { ignore_label: 0 }',
+         [rand(3, 3), labels3, torch.eye(3, dtype=torch.float64) + 0.5], [], (0,)),
+        ('type: "HingeLoss" hinge_loss_param { norm: L2 }', [rand(3, 3), labels3], [], (0,)),
+        ('type: "MultinomialLogisticLoss"', [torch.softmax(rand(3, 3), 1), labels3], [], (0,)),
+        ('type: "ContrastiveLoss" bottom: "a" bottom: "b" bottom: "y"',
+         [rand(3, 2) * 0.3, rand(3, 2, seed=1) * 0.3, torch.tensor([1.0, 0.0, 0.0])], [], (0, 1)),
+        ('type: "Embed" embed_param { input_dim: 3 num_output: 2 }',
+         [torch.tensor([2.0, 0.0, 2.0])], [rand(3, 2), rand(2, seed=1)], ()),
+        ('type: "Tile" tile_param { tiles: 2 }', [rand(2, 3)], [], (0,)),
+        ('type: "Reduction" reduction_param { operation: ASUM axis: 1 coeff: 2 }',
+         [rand(2, 3, 2)], [], (0,)),
+        ('type: "Filter" bottom: "x" bottom: "s"', [rand(3, 2), torch.tensor([1.0, 0.0, 1.0])],
+         [], (0,)),
+        ('type: "BatchReindex" bottom: "x" bottom: "i"', [rand(3, 2), labels3], [], (0,)),
+        ('type: "Parameter" parameter_param { shape { dim: 2 } }', [], [rand(2)], ()),
+        ('type: "SPP" spp_param { pyramid_height: 2 pool: AVE }', [rand(1, 2, 5, 4)], [], (0,)),
+        ('type: "Im2col" convolution_param { kernel_size: 2 dilation: 2 pad: 1 }',
+         [rand(1, 2, 4, 5)], [], (0,)),
+    ]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs a CUDA device')
+@pytest.mark.parametrize('text, bottoms, params, wrt', _cases())
+def test_new_layers_on_cuda_match_the_cpu(text, bottoms, params, wrt):
+    layer = make_layer(text)
+
+    def run(device):
+        bs = [b.to(device).requires_grad_(i in wrt) for i, b in enumerate(bottoms)]
+        ps = [p.to(device).requires_grad_() for p in params]
+        (top,) = layer.forward(bs, ps)[:1]
+        top.backward(torch.ones_like(top))
+        return [top] + [t.grad for t in bs if t.requires_grad] + [p.grad for p in ps]
+
+    for cpu, gpu in zip(run('cpu'), run('cuda')):
+        np.testing.assert_allclose(gpu.detach().cpu().numpy(), cpu.detach().numpy(),
+                                   rtol=1e-12, atol=1e-14)

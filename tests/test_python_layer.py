@@ -488,7 +488,9 @@ def test_pycaffe_script_runs_a_layer_from_a_pythonpath_folder(tmp_path):
         layer { name: "cube" type: "Python" bottom: "x" top: "y"
                 python_param { module: "%s" layer: "Cube" param_str: "{'scale': 2}" } }
     ''' % name))
-    env = dict(os.environ, PYTHONPATH=str(layers_dir))
+    # The repository too, so that `import caffe` works without an installed package.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(layers_dir), root]))
     env.pop(python_layer.ENV_VAR, None)
     result = subprocess.run([sys.executable, '-c', PYCAFFE_SCRIPT,
                              str(model_dir / 'deploy.prototxt'), name],

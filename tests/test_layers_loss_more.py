@@ -251,6 +251,8 @@ def test_infogain_loss_errors_name_the_layer(tmp_path):
                        % source)
     with pytest.raises(ShapeError, match="'ig'.*needs 4 x 4"):
         layer.top_shapes([(2, 4), (2,)])
+    with pytest.raises(ShapeError, match="'ig'.*same first dimension"):
+        layer.top_shapes([(2, 3, 2), (1, 4)])
     with pytest.raises(LabelError, match="'ig'.*label 3"):
         layer.forward([rand(2, 3), torch.tensor([3.0, 0.0])], [])
 

@@ -400,8 +400,8 @@ NEW = ['Embed', 'Tile', 'Reduction', 'Filter', 'BatchReindex', 'Parameter', 'SPP
 
 
 def test_the_new_layers_are_registered():
-    from torchcaffe.layer_types import known_types
-    assert set(NEW) <= set(known_types())
+    from torchcaffe import layer_type_list
+    assert set(NEW) <= set(layer_type_list())
 
 
 def test_onnx_export_refuses_a_new_layer_by_name():

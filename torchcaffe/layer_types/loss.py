@@ -483,6 +483,7 @@ class InfogainLoss(_LossBase):
 
     def top_shapes(self, bottom_shapes):
         scores, label = (tuple(s) for s in bottom_shapes[:2])
+        _same_num(self, scores, label)
         _, outer, channels, inner = _outer_channels_inner(
             self, scores, self.layer_param.infogain_loss_param.axis)
         if count(label) != outer * inner:

@@ -372,3 +372,11 @@ def test_window_data_refuses_unusable_window_files(tmp_path, window_file):
     (tmp_path / 'cut.txt').write_text('# 0\nscene.png\n3\n10\n')
     with pytest.raises(caffe.CaffeError, match='ends in the middle'):
         net_from(tmp_path, WINDOW_DATA % (tmp_path / 'cut.txt', tmp_path, '', ''))
+
+
+def test_net_reshape_after_forward_keeps_the_data_layer_shapes(image_list):
+    tmp_path, images = image_list
+    net = net_from(tmp_path, IMAGE_DATA % (tmp_path / 'list.txt', tmp_path / 'imgs', '', ''))
+    net.forward()
+    net.reshape()
+    assert net.blobs['data'].shape == (2, 3, 5, 7) and net.blobs['label'].shape == (2,)

@@ -123,6 +123,7 @@ class _BatchLayer(Layer):
         self._ready = self._source.load()  # the first batch: its shape is the top shape
         log.info('%s: output data size: %s', self.where,
                  ','.join(str(d) for d in self._ready[0].shape))
+        self._shapes = [a.shape for a in self._ready[:self.num_tops()]]
         self._count = 0
         self._prefetcher = Prefetcher(self._source.load, name='%s prefetch' % self.name)
         weakref.finalize(self, _shut_down, self._prefetcher, self._source)
@@ -132,10 +133,8 @@ class _BatchLayer(Layer):
         raise NotImplementedError
 
     def top_shapes(self, bottom_shapes):
-        batch = self._ready
-        if batch is None:
-            raise self.error('top shapes are known only at setup')
-        return [a.shape for a in batch[:self.num_tops()]]
+        """The shapes of the last batch (at setup: the first batch's)."""
+        return list(self._shapes)
 
     def forward(self, bottoms, params):
         if self._ready is not None:  # batch 0, loaded at setup; batch 1 is on its way
@@ -144,6 +143,7 @@ class _BatchLayer(Layer):
             batch = self._prefetcher.get(self._count)
             self._prefetcher.submit(self._count + 1)
         self._count += 1
+        self._shapes = [a.shape for a in batch[:self.num_tops()]]
         dev = mode.device()
         return [torch.from_numpy(a).to(dev) for a in batch[:self.num_tops()]]
 

@@ -107,8 +107,8 @@ def adam_correction(beta1, beta2, t):
     quotient is then stored in a float. ``beta1``, ``beta2`` are the float32 solver
     fields, ``t`` is the iteration plus one.
 
-    >>> adam_correction(0.9, 0.999, 1) == np.float32(math.sqrt(1 - np.float64(np.float32(0.999)))
-    ...                                               / (1 - np.float64(np.float32(0.9))))
+    >>> b1, b2 = np.float64(np.float32(0.9)), np.float64(np.float32(0.999))
+    >>> bool(adam_correction(0.9, 0.999, 1) == np.float32(math.sqrt(1 - b2) / (1 - b1)))
     True
     """
     b1, b2 = np.float64(np.float32(beta1)), np.float64(np.float32(beta2))

@@ -114,6 +114,21 @@ def test_prelu_gradients_match_finite_differences():
     assert gradcheck(layer, x, (a,))
 
 
+def test_prelu_channel_shared_blob_saves_and_loads(tmp_path):
+    text = (INPLACE_NET % ('PReLU', 'y', 'prelu_param { channel_shared: true }'))
+    net = _net(text)
+    assert net.params['n'][0].data.shape == ()
+    net.blobs['x'].data[...] = X
+    np.testing.assert_allclose(net.forward()['y'], np.where(X > 0, X, 0.25 * X), rtol=1e-7)
+    net.backward(y=np.ones(X.shape))
+    assert net.params['n'][0].diff == pytest.approx(X[X <= 0].sum())
+    net.params['n'][0].data[...] = 0.5
+    net.save(str(tmp_path / 'p.caffemodel'))
+    loaded = _net(text, caffe.TEST)
+    loaded.copy_from(str(tmp_path / 'p.caffemodel'))
+    assert float(loaded.params['n'][0].data) == 0.5
+
+
 def test_prelu_needs_two_axes():
     with pytest.raises(CaffeError, match='at least 2 axes'):
         make_layer('name: "pr" type: "PReLU"').top_shapes([(5,)])
@@ -333,13 +348,15 @@ def test_clip_in_place_passes_the_whole_gradient_as_caffe_does():
     np.testing.assert_array_equal(dx_in, diff)
 
 
-def test_bnll_and_log_in_place_read_the_top_as_caffe_does():
+def test_bnll_and_log_in_place_read_the_overwritten_blobs_as_caffe_does():
     diff = np.linspace(-1, 1, X.size).reshape(X.shape)
     y, dx, _ = _run_neuron('BNLL', '', in_place=True)
     e = np.exp(np.minimum(y.astype(np.float64), 50))
     np.testing.assert_allclose(dx, diff * e / (e + 1), rtol=1e-5)
     params = 'log_param { scale: 2 shift: 7 }'
     y, dx, _ = _run_neuron('Log', params, in_place=True)
-    np.testing.assert_allclose(dx, diff * 2 / (2 * y.astype(np.float64) + 7), rtol=1e-5)
+    # log_layer.cpp in place: the top diff is overwritten by g before it multiplies g.
+    g = 2 / (2 * y.astype(np.float64) + 7)
+    np.testing.assert_allclose(dx, g * g, rtol=1e-5)
     _, dx_out, _ = _run_neuron('Log', params, in_place=False)
     np.testing.assert_allclose(dx_out, diff * 2 / (2 * X + 7), rtol=1e-5)

@@ -273,8 +273,12 @@ class Exp(_Neuron):
 
 
 class _InPlaceLogFunction(torch.autograd.Function):
-    """Caffe's in-place Log backward: ``dy * scale / ln(base) / (scale * y + shift)``,
-    with the top ``y`` standing in for the overwritten bottom."""
+    """Caffe's in-place Log backward. log_layer.cpp first writes
+    ``g = scale / ln(base) / (scale * x + shift)`` into the bottom diff, reading the
+    bottom data, then multiplies by the top diff. In place, the bottom data is the
+    top ``y`` and the top diff is that same bottom diff, so Caffe gets ``g * g`` with
+    ``x`` replaced by ``y``, whatever the incoming gradient (a Caffe bug, kept so that
+    in-place nets train as they do in Caffe)."""
 
     @staticmethod
     def forward(ctx, x, scale, shift, base_scale):
@@ -287,7 +291,8 @@ class _InPlaceLogFunction(torch.autograd.Function):
     def backward(ctx, grad):
         (y,) = ctx.saved_tensors
         scale, shift, base_scale = ctx.constants
-        return grad * (scale * base_scale) / (y * scale + shift), None, None, None
+        g = (scale * base_scale) / (y * scale + shift)
+        return g * g, None, None, None
 
 
 @register
@@ -295,8 +300,8 @@ class Log(_Neuron):
     """``log_base(shift + scale * x)`` (base -1: natural log), as log_layer.cpp:
     ``ln(scale * x + shift) / ln(base)``.
 
-    In place, Caffe's backward reads the overwritten bottom (the top) where it needs
-    ``x``; so it is here.
+    In place, Caffe's backward reads the overwritten bottom (the top) and the top diff
+    it has already overwritten (see :class:`_InPlaceLogFunction`); so it does here.
     """
     type = 'Log'
 

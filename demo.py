@@ -92,6 +92,9 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=2,
                         help='CPU threads for torch (default 2; results are reproducible '
                              'for a given count)')
+    parser.add_argument('--backend', choices=infer.BACKENDS, default='torch',
+                        help='run the inference step in the engine (default) or in '
+                             'onnxruntime')
     parser.add_argument('--validate-only', action='store_true',
                         help='only regenerate and validate the nets (step 1)')
     parser.add_argument('--image', default=os.path.join(ROOT, 'data', 'demo', 'image.jpg'))
@@ -323,12 +326,12 @@ def train_stage(folder, weights, out_dir, quick=False):
     return results[-1][1], solver.iter, final
 
 
-def segment_val_images(deploy, weights, out_dir, count, gpu=None):
+def segment_val_images(deploy, weights, out_dir, count, gpu=None, backend='torch'):
     """Step 4: segment the first ``count`` val images; returns infer.run's result."""
     with open(os.path.join(DATA_DIR, 'VOC', 'ImageSets', 'Segmentation', 'val.txt')) as f:
         ids = f.read().split()[:count]
     images = [os.path.join(DATA_DIR, 'VOC', 'JPEGImages', i + '.jpg') for i in ids]
-    net = infer.load_net(deploy, weights, gpu)
+    net = infer.load_net(deploy, weights, gpu, backend)
     return infer.run(net, images, out_dir, overwrite=True)
 
 
@@ -363,9 +366,11 @@ def run_pipeline(args):
     print('\n==== inference')
     result = segment_val_images(os.path.join(ROOT, STAGES[-1][1], 'deploy.prototxt'),
                                 weights[STAGES[-1][0]], os.path.join(args.out, 'infer'),
-                                QUICK['infer'] if args.quick else INFER_IMAGES, args.gpu)
-    print('segmented %d val images with %s into %s'
-          % (len(result['done']), STAGES[-1][0], os.path.join(args.out, 'infer')))
+                                QUICK['infer'] if args.quick else INFER_IMAGES, args.gpu,
+                                args.backend)
+    print('segmented %d val images with %s (%s backend) into %s'
+          % (len(result['done']), STAGES[-1][0], args.backend,
+             os.path.join(args.out, 'infer')))
     print('\n' + table(rows))
     first, last = rows[0][2]['mean_iu'], rows[-1][2]['mean_iu']
     if args.quick:

@@ -5,6 +5,12 @@
         data/demo/image.jpg --out out/infer
     python infer.py DEPLOY.prototxt WEIGHTS.caffemodel IMAGE_OR_FOLDER [--out DIR] [--gpu ID]
         [--classes data/pascal/classes.txt] [--overwrite] [--precision fp32|tf32|bf16]
+        [--backend torch|onnxruntime]
+
+``--backend onnxruntime`` runs the net in onnxruntime (``torchcaffe.ort_backend``): it
+is exported once per weights file and cached beside the weights as
+``<weights>.<key>.onnx``; a cache made for other weights or another prototxt is
+rebuilt, never used.
 
 For every image it writes into ``--out`` (default ``out/infer``):
 
@@ -43,13 +49,14 @@ from PIL import Image
 import torchcaffe as caffe
 from torchcaffe.errors import CaffeError, ShapeError
 from torchcaffe.io import atomic_path
+from torchcaffe.ort_backend import BACKENDS, OnnxRuntimeNet
 from torchcaffe.progress import progress
 import score
 from vis import VOID_LABEL, label_image, make_palette, vis_seg
 from voc_layers import MEAN_BGR, DataFileNotFoundError, DataLayerError, preprocess, read_rgb
 
-__all__ = ['InferError', 'load_net', 'segment', 'list_images', 'output_paths', 'read_classes',
-           'infer_file', 'run', 'class_summary']
+__all__ = ['BACKENDS', 'InferError', 'load_net', 'segment', 'list_images', 'output_paths',
+           'read_classes', 'infer_file', 'run', 'class_summary']
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_CLASSES = os.path.join(ROOT, 'data', 'pascal', 'classes.txt')
@@ -74,7 +81,7 @@ def _download_hint(weights):
     return ''
 
 
-def load_net(deploy, weights, gpu=None):
+def load_net(deploy, weights, gpu=None, backend='torch'):
     """The deploy net in the TEST phase with ``weights`` loaded, ready for inference.
 
     Parameters
@@ -85,6 +92,9 @@ def load_net(deploy, weights, gpu=None):
         ``.caffemodel`` or ``.caffemodel.h5``.
     gpu : int, optional
         Run on this GPU; the CPU when None.
+    backend : {'torch', 'onnxruntime'}
+        The engine (default), or onnxruntime (:class:`torchcaffe.ort_backend.OnnxRuntimeNet`,
+        the same ``blobs`` / ``forward`` for inference; on a GPU it needs onnxruntime-gpu).
 
     Raises
     ------
@@ -95,6 +105,10 @@ def load_net(deploy, weights, gpu=None):
     """
     _require_file(deploy, 'deploy prototxt')
     _require_file(weights, 'weights', _download_hint(weights))
+    if backend not in BACKENDS:
+        raise InferError('backend %r: give one of %s' % (backend, ', '.join(BACKENDS)))
+    if backend == 'onnxruntime':
+        return OnnxRuntimeNet(deploy, weights, gpu=gpu)
     if gpu is None:
         caffe.set_mode_cpu()
     else:
@@ -298,6 +312,9 @@ def parse_args(argv=None):
                         help='class names, one a line (default data/pascal/classes.txt)')
     parser.add_argument('--overwrite', action='store_true',
                         help='redo images whose outputs already exist')
+    parser.add_argument('--backend', choices=BACKENDS, default='torch',
+                        help='run the net in the engine (default) or in onnxruntime '
+                             '(exported once, cached beside the weights)')
     return parser.parse_args(argv)
 
 
@@ -321,8 +338,11 @@ def _main(args):
         raise InferError('--out must not be the input folder %s (the outputs would be read '
                          'as inputs on the next run)' % args.images)
     names = read_classes(args.classes)
+    if args.backend == 'onnxruntime' and args.precision != 'fp32':
+        raise InferError('--precision %s applies to the engine; --backend onnxruntime '
+                         'runs float32' % args.precision)
     caffe.set_precision(args.precision)
-    net = load_net(args.deploy, args.weights, args.gpu)
+    net = load_net(args.deploy, args.weights, args.gpu, args.backend)
     channels = _check_net_outputs(net)
     if len(names) < channels:
         print('note: %s names %d classes, the net scores %d; the others are shown by number'

@@ -54,6 +54,7 @@ from PIL import Image
 
 import torchcaffe as caffe
 from torchcaffe.errors import CaffeError
+from torchcaffe.ort_backend import BACKENDS, PartlyOnnxNet
 from torchcaffe.progress import progress
 
 import vis
@@ -555,10 +556,14 @@ def _choose_ids(layer_ids, split_ids, count, split_file):
 
 
 def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, layer='score',
-              gt='label', loss='loss', split_file=None, checkpoint=None):
+              gt='label', loss='loss', split_file=None, checkpoint=None, backend='torch',
+              gpu=None):
     """Score a snapshot on its TEST net's data; the net runs from the prototxt's folder.
 
     ``checkpoint`` (a :class:`ScoreProgress`) saves partial results and resumes.
+    ``backend='onnxruntime'`` runs the layers from the data to ``layer`` in onnxruntime
+    (:class:`torchcaffe.ort_backend.PartlyOnnxNet`); the data layers and the loss stay
+    in the engine, so the images, their order and the loss are the same.
 
     Returns
     -------
@@ -575,6 +580,8 @@ def score_net(prototxt, weights, split_ids=None, count=None, save_dir=None, laye
             raise ValueError('%s has no blob %r' % (prototxt, layer if layer not in net.blobs
                                                     else gt))
         ids = _choose_ids(_data_layer_ids(net), split_ids, count, split_file)
+        if backend == 'onnxruntime':
+            net = PartlyOnnxNet(net, prototxt, weights, [layer], gpu=gpu)
         hist, mean_loss = compute_hist(net, save_dir, ids, layer, gt, loss, checkpoint)
     return hist, mean_loss, ids
 
@@ -682,6 +689,10 @@ def parse_args(argv=None):
     parser.add_argument('--layer', default='score', help='score blob (default %(default)s)')
     parser.add_argument('--gt', default='label', help='label blob (default %(default)s)')
     parser.add_argument('--loss', default='loss', help='loss blob (default %(default)s)')
+    parser.add_argument('--backend', choices=BACKENDS, default='torch',
+                        help='run the net in the engine (default) or, from the data to '
+                             '--layer, in onnxruntime (exported once, cached beside the '
+                             'weights)')
     parser.add_argument('--ignore-label', type=int, default=255,
                         help='with --gt-dir: the ground-truth label not counted (default '
                              '%(default)s, VOC\'s void); any other label >= the class count '
@@ -747,10 +758,13 @@ def main(argv=None):
             if args.gpu is not None:
                 caffe.set_device(args.gpu)
                 caffe.set_mode_gpu()
+            if args.backend == 'onnxruntime' and args.precision != 'fp32':
+                raise ValueError('--precision %s applies to the engine; --backend '
+                                 'onnxruntime runs float32' % args.precision)
             caffe.set_precision(args.precision)
             hist, loss, ids = score_net(args.prototxt, args.weights, split_ids, args.count,
                                         args.save_dir, args.layer, args.gt, args.loss,
-                                        args.split_file, checkpoint)
+                                        args.split_file, checkpoint, args.backend, args.gpu)
             if n is not None and n != len(hist):
                 raise ValueError('--classes gives %d classes, blob %r has %d channels'
                                  % (n, args.layer, len(hist)))

@@ -390,6 +390,23 @@ def opencv_forward(s):
     return run
 
 
+def onnxruntime_forward(s):
+    """The deploy net exported by the engine and run by onnxruntime, as
+    ``infer.py --backend onnxruntime`` runs it (same thread count as torch)."""
+    from torchcaffe.ort_backend import OnnxRuntimeNet
+    net = OnnxRuntimeNet(s.deploy_path, s.weights, gpu=0 if s.device == 'cuda' else None,
+                         threads=torch.get_num_threads())
+    return lambda: net.forward(data=s.data)['score']
+
+
+def _has_onnxruntime(device):
+    try:
+        import onnxruntime
+    except ImportError:
+        return False
+    return device == 'cpu' or 'CUDAExecutionProvider' in onnxruntime.get_available_providers()
+
+
 def engine_train(s):
     net = caffe.Net(s.train, caffe.TRAIN, weights=s.weights)
 
@@ -446,10 +463,13 @@ def module_solver(s):
 
 
 def pass_builders(device):
-    """pass -> {implementation: builder}; OpenCV only on the CPU."""
+    """pass -> {implementation: builder}; OpenCV only on the CPU, onnxruntime where it
+    is installed (on CUDA: onnxruntime-gpu)."""
     forward = {'engine': engine_forward, 'module': module_forward}
     if device == 'cpu':
         forward['opencv'] = opencv_forward
+    if _has_onnxruntime(device):
+        forward['onnxruntime'] = onnxruntime_forward
     return {'forward': forward,
             'fwd+bwd': {'engine': engine_train, 'module': module_train},
             'solver': {'engine': engine_solver, 'module': module_solver}}
@@ -488,11 +508,24 @@ def rows_for(stage, size, pass_name, measured, flops, peak):
     return rows
 
 
+def onnxruntime_vs_opencv(rows):
+    """Per net and size, onnxruntime's median forward time over OpenCV DNN's."""
+    forward = {(r['net'], r['size'], r['impl']): r['median_ms'] for r in rows
+               if r['pass_'] == 'forward'}
+    out = []
+    for (net, size, impl), ms in forward.items():
+        opencv = forward.get((net, size, 'opencv'))
+        if impl == 'onnxruntime' and opencv:
+            out.append(dict(net=net, size=size, onnxruntime_ms=ms, opencv_ms=opencv,
+                            ratio=ms / opencv))
+    return out
+
+
 def check_line(stage, size, measured):
-    """Max abs differences of the module's and OpenCV's scores from the engine's."""
+    """Max abs differences of the other implementations' scores from the engine's."""
     engine = np.asarray(measured['engine'][0], np.float64)
     check = dict(net=stage, size=size_name(size), score_max=float(np.abs(engine).max()))
-    for impl in ('module', 'opencv'):
+    for impl in OTHERS:
         if impl in measured:
             other = np.asarray(measured[impl][0], np.float64)
             check[impl + '_max_abs_diff'] = float(np.abs(other - engine).max())
@@ -501,17 +534,19 @@ def check_line(stage, size, measured):
 
 # ------------------------------------------------------------------------ output
 
+OTHERS = ('module', 'opencv', 'onnxruntime')
+
 def check_text(check):
     """'score of engine vs module: max abs diff 0, vs opencv 0.00076 (scores up to 479)'"""
     diffs = ['vs %s %.3g' % (impl, check[impl + '_max_abs_diff'])
-             for impl in ('module', 'opencv') if impl + '_max_abs_diff' in check]
+             for impl in OTHERS if impl + '_max_abs_diff' in check]
     return 'engine score max abs diff %s (scores up to %.3g)' % (', '.join(diffs),
                                                                 check['score_max'])
 
 
 # (row key, width, format, title); text columns are left-aligned.
 COLUMNS = (('net', 12, '%s', 'net'), ('size', 8, '%s', 'size'), ('pass_', 8, '%s', 'pass'),
-           ('impl', 7, '%s', 'impl'), ('median_ms', 10, '%.1f', 'median ms'),
+           ('impl', 11, '%s', 'impl'), ('median_ms', 10, '%.1f', 'median ms'),
            ('min_ms', 9, '%.1f', 'min ms'), ('per_s', 8, '%.2f', 'per s'),
            ('tflops', 8, '%.3f', 'TFLOP/s'), ('peak_percent', 6, '%.1f', '%peak'),
            ('peak_mib', 9, '%.0f', 'peak MiB'), ('engine_ratio', 12, '%.3f', 'engine/impl'))
@@ -616,6 +651,9 @@ def run(args):
     if device == 'cpu':
         import cv2
         versions += ', OpenCV %s' % cv2.__version__
+    if _has_onnxruntime(device):
+        import onnxruntime
+        versions += ', onnxruntime %s' % onnxruntime.__version__
     print('FCN benchmark on %s; %s; width %g, precision %s, %d warmup + %d timed runs; '
           'peak %s' % (name, versions, args.width, args.precision, args.warmup, args.repeats,
                        '%g TFLOP/s' % peak if peak else 'n/a (give --peak-tflops)'), flush=True)
@@ -635,7 +673,7 @@ def run(args):
                     flops = 2 * setup.macs * (1 if pass_name == 'forward' else 3)
                     done = rows_for(stage, size, pass_name, measured, flops, peak)
                     for row in done:  # as they come: a full-width CPU run takes long
-                        print('  %-7s %-7s median %10.1f ms' % (pass_name, row['impl'],
+                        print('  %-7s %-11s median %10.1f ms' % (pass_name, row['impl'],
                                                                  row['median_ms']), flush=True)
                     rows += done
                     if pass_name == 'forward':
@@ -646,13 +684,17 @@ def run(args):
     print(format_table(rows))
     print('engine/impl: median time of the engine over that of the implementation '
           '(above 1: the engine is slower). fwd+bwd and solver count 3 x the forward FLOPs.')
+    versus = onnxruntime_vs_opencv(rows)
+    for line in versus:
+        print('onnxruntime / OpenCV DNN forward, %(net)s %(size)s: %(ratio).3f '
+              '(%(onnxruntime_ms).1f / %(opencv_ms).1f ms)' % line)
     if args.json:
         result = dict(device=name, versions=versions, precision=args.precision,
                       width=args.width, repeats=args.repeats, warmup=args.warmup,
                       peak_tflops=peak, nets=args.net_list,
                       sizes=[size_name(s) for s in args.size_list],
                       rows=[{k.rstrip('_'): v for k, v in r.items()} for r in rows],
-                      checks=checks)
+                      checks=checks, onnxruntime_vs_opencv=versus)
         with open(args.json, 'w') as f:
             json.dump(result, f, indent=1)
     return 0

@@ -44,7 +44,8 @@ def quick_run(tmp_path_factory):
 
 def expected_rows():
     sizes = bench_fcn.QUICK['sizes'].split(',')
-    impls = {'forward': ('engine', 'module', 'opencv'), 'fwd+bwd': ('engine', 'module'),
+    impls = {'forward': ('engine', 'module', 'opencv', 'onnxruntime'),
+             'fwd+bwd': ('engine', 'module'),
              'solver': ('engine', 'module')}
     return [(net, size, p, impl) for net in ('fcn32s', 'fcn8s') for size in sizes
             for p in bench_fcn.PASSES for impl in impls[p]]
@@ -81,13 +82,25 @@ def test_quick_run_flops_are_three_forwards_for_training_passes(quick_run):
         assert value == pytest.approx((1 if p == 'forward' else 3) * gflop[net, size, 'forward'])
 
 
-def test_quick_run_scores_agree_across_engine_module_and_opencv(quick_run):
+def test_quick_run_scores_agree_across_engine_module_opencv_and_onnxruntime(quick_run):
     _, result = quick_run
     assert len(result['checks']) == 4
     for check in result['checks']:
         assert check['score_max'] > 1
         assert check['module_max_abs_diff'] <= 1e-5 * check['score_max'], check
         assert check['opencv_max_abs_diff'] <= 1e-5 * check['score_max'], check
+        assert check['onnxruntime_max_abs_diff'] <= 1e-5 * check['score_max'], check
+
+
+def test_quick_run_states_onnxruntime_over_opencv_for_every_net_and_size(quick_run):
+    printed, result = quick_run
+    versus = result['onnxruntime_vs_opencv']
+    assert [(v['net'], v['size']) for v in versus] == [
+        (net, size) for net in ('fcn32s', 'fcn8s') for size in bench_fcn.QUICK['sizes'].split(',')]
+    for v in versus:
+        assert v['ratio'] == pytest.approx(v['onnxruntime_ms'] / v['opencv_ms'])
+        assert 'onnxruntime / OpenCV DNN forward, %s %s: %.3f' % (
+            v['net'], v['size'], v['ratio']) in printed
 
 
 # -- counting FLOPs ------------------------------------------------------------------------

@@ -88,6 +88,7 @@ def test_sigmoid_cross_entropy_normalizations(loss_param, norm):
     loss, (gx, _) = grads(layer, [torch.tensor(X), torch.tensor(T)], top_diff=2.0)
     assert loss.item() == pytest.approx(total / norm, rel=1e-13)
     np.testing.assert_allclose(gx.numpy(), 2.0 * grad / norm, rtol=1e-13, atol=1e-16)
+    assert gradcheck(lambda p: layer.forward([p, torch.tensor(T)], [])[0], torch.tensor(X))
 
 
 @pytest.mark.parametrize('loss_param, norm', [
@@ -201,6 +202,7 @@ def test_infogain_loss_from_a_source_file_per_normalization(tmp_path, loss_param
     assert loss.item() == pytest.approx(ref_loss / norm, rel=1e-12)
     np.testing.assert_allclose(gs.numpy(), 1.5 * ref_grad / norm, rtol=1e-12, atol=1e-15)
     assert torch.all(gs[0, :, 2] == 0)      # the ignored position
+    assert gradcheck(lambda s: layer.forward([s, labels], [])[0], scores)
 
 
 def test_infogain_loss_matrix_as_third_bottom_along_another_axis():

@@ -1,5 +1,5 @@
 """Layers that combine, reshape or route blobs, and the other non-spatial layers:
-InnerProduct, Eltwise, Scale, Concat, Slice, Flatten, Reshape, Softmax, ArgMax,
+InnerProduct, Eltwise, Scale, Bias, Concat, Slice, Flatten, Reshape, Softmax, ArgMax,
 Silence, Split, Input, Embed, Tile, Reduction, Filter, BatchReindex, Parameter.
 """
 import torch
@@ -7,7 +7,7 @@ import torch
 from ..proto import caffe_pb2
 from .base import Layer, register, count
 
-__all__ = ['InnerProduct', 'Eltwise', 'Scale', 'Concat', 'Slice', 'Flatten', 'Reshape',
+__all__ = ['InnerProduct', 'Eltwise', 'Scale', 'Bias', 'Concat', 'Slice', 'Flatten', 'Reshape',
            'Softmax', 'ArgMax', 'Silence', 'Split', 'Input', 'Embed', 'Tile', 'Reduction',
            'Filter', 'BatchReindex', 'Parameter']
 

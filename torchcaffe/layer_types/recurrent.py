@@ -20,6 +20,10 @@ runs as a loop over time, in the same order of operations. What carries over:
 * without ``expose_hidden`` the final states of one forward are the initial states
   of the next (Caffe copies h_T into h_0 before each forward), starting from zeros
   and starting over when the batch size changes.
+
+Differences: ``debug_info`` is accepted and ignored (there is no unrolled net to
+log), and the number of time steps may change between forwards, where Caffe's
+Reshape fails.
 """
 import torch
 

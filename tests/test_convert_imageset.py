@@ -10,7 +10,7 @@ from PIL import Image
 
 import torchcaffe as caffe
 from torchcaffe import db
-from torchcaffe.data_transformer import read_mean_file
+from torchcaffe.data_transformer import read_mean_file, rgb_to_gray
 from torchcaffe.proto import caffe_pb2
 from torchcaffe.tools import compute_image_mean, convert_imageset
 
@@ -75,8 +75,7 @@ def test_leveldb_gray_records_hold_one_channel(images, tmp_path):
     assert len(records) == 5
     for (_, datum), rgb in zip(records, imgs):
         assert (datum.channels, datum.height, datum.width) == (1, 6, 8)
-        want = np.asarray(Image.fromarray(rgb).convert('L'))
-        assert datum.data == want.tobytes()
+        assert datum.data == rgb_to_gray(rgb).tobytes()  # OpenCV's PNG grey, exactly
 
 
 def test_encoded_png_stores_the_file_itself(images, tmp_path):
@@ -192,7 +191,7 @@ def test_data_layer_on_encoded_records_with_force_gray(images, tmp_path):
     net = data_net(tmp_path, out, 'LMDB', 'transform_param { force_gray: true }')
     data = net.forward()['data']
     assert data.shape == (2, 1, 6, 8)
-    np.testing.assert_array_equal(data[1, 0], np.asarray(Image.fromarray(imgs[1]).convert('L')))
+    np.testing.assert_array_equal(data[1, 0], rgb_to_gray(imgs[1]))
     net = data_net(tmp_path, out, 'LMDB')
     np.testing.assert_array_equal(net.forward()['data'][0], chw_bgr(imgs[0]))
 

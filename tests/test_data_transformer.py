@@ -103,14 +103,18 @@ def test_mean_file_of_another_size_and_a_too_large_crop_are_refused(tmp_path):
         dt.DataTransformer(param(mean_file=str(tmp_path / 'none')), caffe.TEST)
 
 
-def test_bilinear_resize_matches_opencv_within_one():
+def test_bilinear_resize_matches_opencv_but_for_rare_off_by_ones():
     cv2 = pytest.importorskip('cv2')
     rng = np.random.default_rng(1)
-    img = rng.integers(0, 256, (3, 13, 17), dtype=np.uint8)
-    for h, w in ((7, 9), (20, 31), (13, 5)):
+    img = rng.integers(0, 256, (3, 37, 53), dtype=np.uint8)
+    for h, w in ((20, 30), (37, 17), (5, 5), (70, 90), (227, 227)):
         ours = dt.resize_bilinear(img, h, w).astype(int)
         theirs = cv2.resize(img.transpose(1, 2, 0), (w, h), interpolation=cv2.INTER_LINEAR)
-        assert np.abs(ours - theirs.transpose(2, 0, 1).astype(int)).max() <= 1
+        diff = np.abs(ours - theirs.transpose(2, 0, 1).astype(int))
+        assert diff.max() <= 1 and np.count_nonzero(diff) <= 0.005 * diff.size
+    flt = dt.resize_bilinear(img.astype(np.float32), 20, 30)
+    assert flt.dtype == np.float32
+    np.testing.assert_allclose(flt, dt.resize_bilinear(img, 20, 30), atol=1)
 
 
 def test_decode_keeps_grey_grey_and_orders_colour_bgr():
@@ -127,3 +131,19 @@ def test_decode_keeps_grey_grey_and_orders_colour_bgr():
     assert dt.decode_image(buf.getvalue(), color=True).shape == (3, 1, 1)
     with pytest.raises(dt.TransformError, match='could not decode'):
         dt.decode_image(b'junk', where='x.png')
+
+
+@pytest.mark.parametrize('fmt', ['PNG', 'JPEG', 'BMP'])
+def test_decoding_matches_opencv_imdecode_in_colour_and_grey(fmt):
+    cv2 = pytest.importorskip('cv2')
+    from PIL import Image
+    import io as pyio
+    rgb = np.random.default_rng(2).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    buf = pyio.BytesIO()
+    Image.fromarray(rgb).save(buf, fmt)
+    data = buf.getvalue()
+    raw = np.frombuffer(data, np.uint8)
+    np.testing.assert_array_equal(dt.decode_image(data, color=True),
+                                  cv2.imdecode(raw, cv2.IMREAD_COLOR).transpose(2, 0, 1))
+    np.testing.assert_array_equal(dt.decode_image(data, color=False)[0],
+                                  cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE))

@@ -62,8 +62,8 @@ def test_image_data_resizes_grey_and_transforms(image_list):
                                            'transform_param { scale: 0.5 mean_value: 8 }'))
     data = net.forward()['data']
     assert data.shape == (2, 1, 4, 6)
-    grey = np.asarray(Image.open(str(tmp_path / 'imgs' / 'im 0.png')).convert('L'))
-    from torchcaffe.data_transformer import resize_bilinear
+    from torchcaffe.data_transformer import resize_bilinear, rgb_to_gray
+    grey = rgb_to_gray(np.asarray(Image.open(str(tmp_path / 'imgs' / 'im 0.png'))))
     want = (resize_bilinear(grey[None], 4, 6).astype(np.float32) - 8) * np.float32(0.5)
     np.testing.assert_array_equal(data[0], want)
 

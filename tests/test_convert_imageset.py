@@ -237,3 +237,20 @@ def test_data_parallel_ranks_read_alternate_records(images, tmp_path):
     # offsets 0..7 run over records 0 1 2 3 4 0 1 2: even offsets to rank 0, odd to rank 1
     assert labels[0] == [[10, 12], [14, 11]]
     assert labels[1] == [[11, 13], [10, 12]]
+
+
+def test_net_spec_data_layer_as_the_lenet_notebook_writes_it(images, tmp_path):
+    from torchcaffe import layers as L, params as P
+    root, list_file, imgs = images
+    out = str(tmp_path / 'db')
+    convert_imageset.main(['--gray', root, list_file, out])
+    n = caffe.NetSpec()
+    n.data, n.label = L.Data(batch_size=5, backend=P.Data.LMDB, source=out,
+                             transform_param=dict(scale=1. / 255), ntop=2)
+    path = tmp_path / 'lenet_data.prototxt'
+    path.write_text(str(n.to_proto()))
+    net = caffe.Net(str(path), caffe.TRAIN)
+    blobs = net.forward()
+    assert blobs['label'].tolist() == [10, 11, 12, 13, 14]
+    np.testing.assert_array_equal(blobs['data'][2, 0],
+                                  rgb_to_gray(imgs[2]).astype(np.float32) * np.float32(1. / 255))

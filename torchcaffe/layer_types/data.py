@@ -223,9 +223,9 @@ class DataLayer(_BatchLayer):
         transformer = DataTransformer(self.layer_param.transform_param, self.phase, self.where)
         if transformer.force_color or transformer.force_gray:
             key, value = reader.peek()
-            if not caffe_pb2.Datum.FromString(value).encoded:
-                raise self.error('force_color and force_gray apply to encoded datums only, '
-                                 'and %s is not encoded' % p.source)
+            if not caffe_pb2.Datum.FromString(value).encoded:  # Caffe logs it and goes on
+                log.error('%s: force_color and force_gray only for encoded datum (%s is not '
+                          'encoded)', self.where, p.source)
         color = True if p.force_encoded_color else transformer.color_mode()
         rank, ranks = ((distributed.rank(), distributed.world_size())
                        if self.phase == caffe_pb2.TRAIN else (0, 1))
@@ -240,7 +240,10 @@ class _ImageListSource:
         self.order = list(range(len(items)))
         if p.shuffle:
             self.rng.shuffle(self.order)
-        self.pos = int(rng.integers(p.rand_skip)) % len(items) if p.rand_skip else 0
+        self.pos = int(rng.integers(p.rand_skip)) if p.rand_skip else 0
+        if self.pos >= len(items):
+            raise DataLayerError('%s: not enough images to skip: rand_skip drew %d, the list '
+                                 'has %d' % (where, self.pos, len(items)))
 
     def load(self):
         p = self.p

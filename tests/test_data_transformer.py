@@ -62,7 +62,8 @@ def allowed_outcomes(img, crop):
 
 
 def test_train_crop_and_mirror_give_allowed_outcomes_and_cover_them():
-    t = dt.DataTransformer(param(crop_size=3, mirror=True), caffe.TRAIN, rng=np.random.default_rng(0))
+    t = dt.DataTransformer(param(crop_size=3, mirror=True), caffe.TRAIN,
+                           rng=np.random.default_rng(0))
     allowed = allowed_outcomes(IMG, 3)
     seen = set()
     for _ in range(200):

@@ -236,7 +236,8 @@ class _ImageListSource:
     """Batches from an ImageData list, in order or shuffled per epoch."""
 
     def __init__(self, items, p, transformer, rng, where):
-        self.items, self.p, self.transformer, self.rng, self.where = items, p, transformer, rng, where
+        self.items, self.p, self.transformer = items, p, transformer
+        self.rng, self.where = rng, where
         self.order = list(range(len(items)))
         if p.shuffle:
             self.rng.shuffle(self.order)

@@ -269,3 +269,15 @@ def test_param_diffs_accumulate_until_cleared(tmp_path):
     np.testing.assert_allclose(net.params['ip'][1].diff, [4, 4, 4, 4])
     net.clear_param_diffs()
     assert not net.params['ip'][0].diff.any() and not net.params['ip'][1].diff.any()
+
+
+def test_in_place_on_a_blob_another_layer_reads_is_refused_as_caffe_refuses_it():
+    text = '''
+    layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 3 } } }
+    layer { name: "a" type: "Power" bottom: "x" top: "a" }
+    layer { name: "relu" type: "ReLU" bottom: "x" top: "x" }
+    '''
+    param = caffe.io.parse_prototxt(text, caffe.proto.caffe_pb2.NetParameter)
+    # the Split renames relu's bottom, so its top "x" would have two producers
+    with pytest.raises(caffe.CaffeError, match="'x' is produced by multiple sources"):
+        caffe.Net(param, caffe.TEST)

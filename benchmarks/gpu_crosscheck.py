@@ -1,0 +1,357 @@
+"""FCN-8s on CUDA against the CPU: forward, backward and SGD steps from the same weights and input.
+
+    python benchmarks/gpu_crosscheck.py --json crosscheck.json             # CUDA vs CPU, 500 x 500
+    python benchmarks/gpu_crosscheck.py --fp64 --json crosscheck.json      # and both vs CPU float64
+    python benchmarks/gpu_crosscheck.py --cpu-dry-run --json dry.json      # CPU fp32 vs fp64, narrow
+
+Both runs use one caffemodel of seeded random weights (He-normal convolutions,
+zero biases, bilinear upsamplers; ``bench_fcn.randomize``) and one input, in
+fp32 with TF32 off (``caffe.set_precision('fp32')``):
+
+- forward: the voc-fcn8s train net with an Input layer in place of its data
+  layer (``force_backward`` on, so the data gets a diff); every blob.
+- backward: the data diff and the diff of every learnable param.
+- solver: ``--steps`` iterations of ``caffe.SGDSolver`` with voc-fcn8s's
+  solver.prototxt settings (base_lr 1e-14, momentum 0.99, weight decay 5e-4) and
+  the real ``SBDDSegDataLayer`` reading generated SBD files (seeded order);
+  the loss of each step, then every param and its momentum history. The history
+  is the sum of the lr-scaled updates, so it compares the updates even where
+  base_lr 1e-14 moves the weights by less than a float32 step.
+
+Dropout is left out of the nets: it draws its masks from a per-device
+generator, so CPU and CUDA would drop different units.
+
+For each array: the largest absolute difference, the reference's largest
+magnitude, ``max_rel`` (their ratio) and ``rel_l2`` = ||test - ref|| / ||ref||.
+A part passes when every array's rel_l2 is within ``--tolerance`` (default
+1e-4): float32's unit roundoff is 6e-8, and sums of up to 25,088 terms (fc6)
+through some twenty layers leave errors of order 1e-6 to 1e-5, while a wrong
+layer gives differences of order 1. Single elements may differ more (max_rel)
+where a max-pooling window holds two nearly equal values and the gradient goes
+to the other one; rel_l2 is what the pass/fail uses.
+
+``--cpu-dry-run`` runs the same code on the CPU only, on a narrow net (width
+1/16) at 64 x 48: the test run is CPU float32, the reference CPU float64.
+"""
+import argparse
+import contextlib
+import json
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+import torchcaffe as caffe  # noqa: E402
+from torchcaffe import caffe_pb2, io  # noqa: E402
+from nets import voc  # noqa: E402
+from benchmarks.bench_engine import with_input_layer  # noqa: E402
+from benchmarks.bench_fcn import make_sbd_tree, parse_size, randomize, size_name  # noqa: E402
+
+STAGE = 'fcn8s'
+CLASSES = 21
+SOLVER_FILE = os.path.join(ROOT, 'voc-fcn8s', 'solver.prototxt')
+FULL = dict(size='500x500', width=1.0)
+DRY = dict(size='64x48', width=1 / 16)
+TOLERANCE = 1e-4
+PARTS = ('forward', 'backward', 'solver')
+
+# A run: where it computes and in what.
+RUNS = {'cuda32': ('cuda', torch.float32), 'cpu32': ('cpu', torch.float32),
+        'cpu64': ('cpu', torch.float64)}
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--cpu-dry-run', action='store_true',
+                   help='CPU float32 against CPU float64 on a narrow net at %s' % DRY['size'])
+    p.add_argument('--size', help='WIDTHxHEIGHT (default %s; %s in the dry run)'
+                   % (FULL['size'], DRY['size']))
+    p.add_argument('--width', type=float, help='channel multiplier (default 1; 1/16 dry)')
+    p.add_argument('--steps', type=int, default=5, help='SGD iterations (default 5)')
+    p.add_argument('--fp64', action='store_true',
+                   help='also compare the CUDA and CPU float32 forward and backward with '
+                        'CPU float64 (the dry run always does)')
+    p.add_argument('--tolerance', type=float, default=TOLERANCE,
+                   help='largest rel_l2 that passes (default %g)' % TOLERANCE)
+    p.add_argument('--threads', type=int, help="torch CPU threads (default torch's)")
+    p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--json', metavar='PATH', help='write the results as JSON')
+    args = p.parse_args(argv)
+    defaults = DRY if args.cpu_dry_run else FULL
+    args.size = parse_size(args.size or defaults['size'])
+    args.width = args.width or defaults['width']
+    if args.steps < 1:
+        p.error('need --steps >= 1')
+    return args
+
+
+# ------------------------------------------------------------------------ arithmetic
+
+def difference(test, ref):
+    """How far array ``test`` is from ``ref``: a dict of max_abs, ref_max, max_rel, rel_l2.
+
+    Both are compared in float64. A zero reference gives rel values of 0 when the
+    test is zero too, else inf.
+
+    >>> d = difference(np.array([1.0, 2.0]), np.array([1.0, 2.5]))
+    >>> d['max_abs'], d['ref_max'], d['max_rel'], round(d['rel_l2'], 4)
+    (0.5, 2.5, 0.2, 0.1857)
+    """
+    test = np.asarray(test, np.float64)
+    ref = np.asarray(ref, np.float64)
+    if test.shape != ref.shape:
+        raise ValueError('shapes differ: %s against %s' % (test.shape, ref.shape))
+    delta = test - ref
+    max_abs = float(np.abs(delta).max()) if delta.size else 0.0
+    ref_max = float(np.abs(ref).max()) if ref.size else 0.0
+    norm = float(np.linalg.norm(ref))
+    error = float(np.linalg.norm(delta))
+    return dict(max_abs=max_abs, ref_max=ref_max,
+                max_rel=_ratio(max_abs, ref_max), rel_l2=_ratio(error, norm))
+
+
+def _ratio(num, den):
+    if den > 0:
+        return num / den
+    return 0.0 if num == 0 else math.inf
+
+
+def compare(test, ref, tolerance):
+    """Compare two runs' arrays part by part.
+
+    Parameters
+    ----------
+    test, ref : dict
+        {part: {name: array}} as :func:`run_all` gives them; parts missing from
+        either are left out.
+    tolerance : float
+        Largest rel_l2 that passes.
+
+    Returns
+    -------
+    dict : {part: {'ok', 'worst', 'worst_rel_l2', 'arrays': [row, ...]}}, each
+    row a :func:`difference` dict with the array's name and shape.
+    """
+    out = {}
+    for part in PARTS:
+        if part not in test or part not in ref:
+            continue
+        rows = []
+        for name, array in ref[part].items():
+            row = dict(name=name, shape=list(np.shape(array)))
+            row.update(difference(test[part][name], array))
+            rows.append(row)
+        worst = max(rows, key=lambda r: r['rel_l2'])
+        out[part] = dict(ok=all(math.isfinite(r['rel_l2']) and r['rel_l2'] <= tolerance
+                                for r in rows),
+                         worst=worst['name'], worst_rel_l2=worst['rel_l2'], arrays=rows)
+    return out
+
+
+# ------------------------------------------------------------------------ the nets
+
+def without_dropout(net_param):
+    """A copy of ``net_param`` without its Dropout layers (in place, so nothing rewires)."""
+    proto = caffe_pb2.NetParameter()
+    proto.CopyFrom(net_param)
+    kept = [lp for lp in proto.layer if lp.type != 'Dropout']
+    del proto.layer[:]
+    proto.layer.extend(kept)
+    return proto
+
+
+class Case:
+    """What every run shares: the nets, the weights, the input, the SBD files."""
+
+    def __init__(self, args, tmp):
+        h, w = args.size
+        nets = voc.stage_nets(STAGE, classes=CLASSES, width=args.width)
+        train = without_dropout(nets['train'])
+        self.shape = (1, 3, h, w)
+        self.net = with_input_layer(train, self.shape)
+        self.net.force_backward = True  # the data diff too
+        rng = np.random.default_rng(args.seed + 1)
+        self.data = rng.normal(0, 50, self.shape).astype(np.float32)
+        label = rng.integers(0, CLASSES, (1, 1, h, w))
+        label[..., : h // 8, :] = 255  # a void band: ignored by the loss
+        self.label = label.astype(np.float32)
+        self.weights = os.path.join(tmp, 'random.caffemodel')
+        net = caffe.Net(self.net, caffe.TEST)
+        randomize(net, args.seed)
+        net.save(self.weights)
+        del net
+        sbdd = make_sbd_tree(tmp, args.size, max(2, args.steps), args.seed)
+        self.solver = io.read_solver_prototxt(SOLVER_FILE)
+        self.solver.ClearField('train_net')
+        self.solver.ClearField('test_net')
+        self.solver.ClearField('test_iter')
+        self.solver.ClearField('test_interval')
+        self.solver.train_net_param.CopyFrom(train)
+        self.solver.train_net_param.layer[0].python_param.param_str = str(dict(
+            sbdd_dir=sbdd, seed=voc.SEED, split='train', mean=voc.MEAN))
+        self.solver.display = 0
+        self.solver.snapshot = 0
+        self.solver.snapshot_after_train = False
+        self.solver.max_iter = 10 ** 6
+        self.solver.snapshot_prefix = os.path.join(tmp, 'snapshot')
+        self.steps = args.steps
+
+
+def host(array):
+    """A host copy (blobs reuse their memory; bfloat16 never occurs in fp32)."""
+    return np.array(array, copy=True)
+
+
+def run_forward_backward(case, dtype):
+    """The forward blobs, then the data and param diffs, of one fresh net."""
+    net = caffe.Net(case.net, caffe.TRAIN, weights=case.weights)
+    if dtype != torch.float32:
+        net.to(dtype)
+    net.forward(data=case.data, label=case.label)
+    forward = {name: host(blob.data) for name, blob in net.blobs.items()}
+    net.backward()
+    backward = {'data': host(net.blobs['data'].diff)}
+    for layer, blobs in net.params.items():
+        for i, blob in enumerate(blobs):
+            backward['%s[%d]' % (layer, i)] = host(blob.diff)
+    return forward, backward
+
+
+def run_solver(case, dtype):
+    """Each step's loss, then the params and their momentum history."""
+    param = caffe_pb2.SolverParameter()
+    param.CopyFrom(case.solver)
+    solver = caffe.SGDSolver(param)
+    solver.net.copy_from(case.weights)
+    if dtype != torch.float32:
+        solver.net.to(dtype)
+    losses = []
+    for _ in range(case.steps):
+        solver.step(1)
+        losses.append(float(np.asarray(solver.net.blobs['loss'].data).reshape(())))
+    out = {'loss': np.array(losses)}
+    names = {}
+    for layer, blobs in solver.net.params.items():
+        for i, blob in enumerate(blobs):
+            names.setdefault(id(blob), '%s[%d]' % (layer, i))
+            out['%s[%d]' % (layer, i)] = host(blob.data)
+    # the history follows net.learnable_params (each shared param once)
+    for blob, history in zip(solver.net.learnable_params, solver.history):
+        out['history ' + names[id(blob)]] = history
+    return out
+
+
+@contextlib.contextmanager
+def device_mode(device):
+    """Caffe's mode for ``device``, CPU mode again afterwards."""
+    if device == 'cuda':
+        caffe.set_mode_gpu()
+        caffe.set_device(0)
+    else:
+        caffe.set_mode_cpu()
+    try:
+        yield
+    finally:
+        caffe.set_mode_cpu()
+
+
+def run_all(case, run, parts=PARTS):
+    """The arrays of ``parts`` for run ``run`` (a key of RUNS): {part: {name: array}}."""
+    device, dtype = RUNS[run]
+    result = {}
+    with device_mode(device):
+        if 'forward' in parts or 'backward' in parts:
+            result['forward'], result['backward'] = run_forward_backward(case, dtype)
+        if 'solver' in parts:
+            result['solver'] = run_solver(case, dtype)
+    if device == 'cuda':
+        torch.cuda.synchronize()
+    return result
+
+
+# ------------------------------------------------------------------------ output
+
+def summary_lines(comparisons):
+    """One line per comparison and part: worst array and its rel_l2."""
+    lines = []
+    for label, parts in comparisons.items():
+        for part, c in parts.items():
+            lines.append('%-16s %-8s %-4s worst rel_l2 %.3g (%s); max abs diff %.3g'
+                         % (label, part, 'ok' if c['ok'] else 'FAIL', c['worst_rel_l2'],
+                            c['worst'], max(r['max_abs'] for r in c['arrays'])))
+    return lines
+
+
+def plan(args):
+    """[(label, test run, reference run, parts)] for the arguments."""
+    if args.cpu_dry_run:
+        return [('cpu32 vs cpu64', 'cpu32', 'cpu64', PARTS)]
+    comparisons = [('cuda32 vs cpu32', 'cuda32', 'cpu32', PARTS)]
+    if args.fp64:
+        fb = ('forward', 'backward')
+        comparisons += [('cuda32 vs cpu64', 'cuda32', 'cpu64', fb),
+                        ('cpu32 vs cpu64', 'cpu32', 'cpu64', fb)]
+    return comparisons
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    if not args.cpu_dry_run and not torch.cuda.is_available():
+        sys.exit('gpu_crosscheck: CUDA is not available to torch (use --cpu-dry-run on a CPU)')
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    caffe.set_precision('fp32')  # TF32 off: Caffe's float32 on both sides
+    logger = logging.getLogger('torchcaffe')
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # the solver logs its whole parameter at INFO
+    comparisons = plan(args)
+    needed = {}
+    for _, test, ref, parts in comparisons:
+        for run in (test, ref):
+            needed.setdefault(run, set()).update(parts)
+    results, seconds = {}, {}
+    try:
+        with tempfile.TemporaryDirectory(prefix='gpu_crosscheck-') as tmp:
+            case = Case(args, tmp)
+            for run, parts in needed.items():
+                began = time.time()
+                results[run] = run_all(case, run, parts)
+                seconds[run] = time.time() - began
+                print('%s: ran %s in %.1f s' % (run, ', '.join(sorted(parts)), seconds[run]),
+                      flush=True)
+    finally:
+        logger.setLevel(level)
+    done = {label: compare(results[test], results[ref], args.tolerance)
+            for label, test, ref, _ in comparisons}
+    ok = all(c['ok'] for parts in done.values() for c in parts.values())
+    for line in summary_lines(done):
+        print(line)
+    losses = {run: r['solver']['loss'].tolist() for run, r in results.items() if 'solver' in r}
+    for run, values in losses.items():
+        print('%s solver losses: %s' % (run, ', '.join('%.6g' % v for v in values)))
+    device = torch.cuda.get_device_name() if not args.cpu_dry_run else 'cpu'
+    report = dict(ok=ok, device=device, torch=torch.__version__, stage=STAGE,
+                  size=size_name(args.size), width=args.width, steps=args.steps,
+                  tolerance=args.tolerance, seconds=time.time() - start, run_seconds=seconds,
+                  runs={run: [RUNS[run][0], str(RUNS[run][1]).replace('torch.', '')]
+                        for run in results},
+                  losses=losses, comparisons=done)
+    if args.json:
+        with open(args.json, 'w') as f:
+            json.dump(report, f, indent=1)
+    print('cross-check %s in %.1f s' % ('ok' if ok else 'FAILED', report['seconds']))
+    return 0 if ok else 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

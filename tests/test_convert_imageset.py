@@ -254,3 +254,14 @@ def test_net_spec_data_layer_as_the_lenet_notebook_writes_it(images, tmp_path):
     assert blobs['label'].tolist() == [10, 11, 12, 13, 14]
     np.testing.assert_array_equal(blobs['data'][2, 0],
                                   rgb_to_gray(imgs[2]).astype(np.float32) * np.float32(1. / 255))
+
+
+def test_tools_print_usage_for_help_and_fail_without_arguments(capsys):
+    assert convert_imageset.main(['--help']) == 0
+    assert 'ROOTFOLDER/ LISTFILE DB_NAME' in capsys.readouterr().out
+    assert convert_imageset.main(['a', 'b']) == 1
+    assert '-encode_type' in capsys.readouterr().err
+    assert compute_image_mean.main([]) == 1
+    assert 'INPUT_DB [OUTPUT_FILE]' in capsys.readouterr().err
+    assert compute_image_mean.main(['--bogus', 'x']) == 1
+    assert "unknown command line flag 'bogus'" in capsys.readouterr().err

@@ -471,7 +471,8 @@ class MemoryDataError(CaffeError, RuntimeError):
 class MemoryDataLayer(Layer):
     """Caffe's MemoryData: batches of arrays given by ``Net.set_input_arrays`` (data
     N x C x H x W, labels N x 1 x 1 x 1, both float32), ``batch_size`` at a time,
-    cycling. The arrays are used, not copied, as in pycaffe."""
+    cycling. The arrays are used, not copied, as in pycaffe, and transform_param is
+    not applied to them (Caffe's Reset path skips the transformer)."""
     type = 'MemoryData'
     bottom_counts = (0, 0)
     top_counts = (2, 2)

@@ -73,6 +73,9 @@ def main(argv=None):
     """The command line: ``compute_image_mean [FLAGS] INPUT_DB [OUTPUT_FILE]``."""
     install_default_handler()
     argv = sys.argv[1:] if argv is None else argv
+    if any(a in ('-h', '-help', '--help') for a in argv):
+        print(USAGE + '\n'.join(flags.usage(FLAGS, HELP)))
+        return 0
     try:
         args, values = flags.parse(argv, FLAGS)
     except flags.FlagError as err:

@@ -265,3 +265,15 @@ def test_tools_print_usage_for_help_and_fail_without_arguments(capsys):
     assert 'INPUT_DB [OUTPUT_FILE]' in capsys.readouterr().err
     assert compute_image_mean.main(['--bogus', 'x']) == 1
     assert "unknown command line flag 'bogus'" in capsys.readouterr().err
+
+
+def test_old_v1_data_layer_keeps_its_scale_and_crop_through_the_upgrade(images, tmp_path):
+    root, list_file, imgs = images
+    out = str(tmp_path / 'db')
+    convert_imageset.main([root, list_file, out])
+    path = tmp_path / 'v1.prototxt'
+    path.write_text('layers { name: "d" type: DATA top: "data" top: "label" data_param { '
+                    'source: "%s" backend: LMDB batch_size: 1 scale: 0.5 crop_size: 2 } }' % out)
+    data = caffe.Net(str(path), caffe.TEST).forward()['data']
+    # centre crop of 6 x 8 at (2, 3)
+    np.testing.assert_array_equal(data[0], chw_bgr(imgs[0])[:, 2:4, 3:5] * np.float32(0.5))

@@ -21,7 +21,8 @@ it square), is clipped to the image, warped bilinearly to its share of the
 ``crop_size`` x ``crop_size`` output, and placed there; outside it the output is 0.
 Values are ``(pixel - mean) * window_data_param.scale``, the mean taken from the
 centre of ``transform_param.mean_file`` (or ``mean_value``). As in Caffe, the scale
-is window_data_param's, not transform_param's. Images are read in colour (BGR)
+is window_data_param's, not transform_param's (so a V1 net, whose upgrade moves
+``scale`` into transform_param, runs with scale 1 here as in Caffe). Images are read in colour (BGR)
 from ``root_folder`` + path. The random stream is a seeded numpy generator, not
 Caffe's.
 """

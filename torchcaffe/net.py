@@ -222,7 +222,9 @@ class Net:
     network_file : str, path or caffe_pb2.NetParameter
         A prototxt, or a NetParameter (upgraded if it is in an old format).
     *args :
-        ``phase`` or ``weights, phase``, the two positional forms pycaffe accepts.
+        ``phase[, level[, stages[, weights]]]`` or the legacy ``weights, phase``: the
+        positional forms pycaffe accepts (told apart, as there, by the second
+        argument being a file name).
     phase : int, keyword
         ``caffe.TRAIN`` or ``caffe.TEST``. Optional only for a NetParameter,
         whose ``state.phase`` is used then.
@@ -250,16 +252,25 @@ class Net:
 
     def __init__(self, network_file, *args, phase=None, weights=None, level=None,
                  stages=None):
-        if len(args) > 2:
-            raise TypeError('Net(network_file, phase) or Net(network_file, weights, phase)')
-        if len(args) == 2:
-            if weights is not None or phase is not None:
-                raise TypeError('weights and phase given both by position and keyword')
+        args = list(args)
+        if args and isinstance(args[0], (str, bytes, os.PathLike)):
+            # pycaffe's legacy Net(network_file, weights, phase)
+            if len(args) != 2 or weights is not None or phase is not None:
+                raise TypeError('Net(network_file, weights, phase) takes exactly those three')
             weights, phase = args
-        elif len(args) == 1:
-            if phase is not None:
-                raise TypeError('phase given both by position and keyword')
-            phase = args[0]
+        else:
+            # pycaffe's Net(network_file, phase, level=0, stages=None, weights=None)
+            if len(args) > 4:
+                raise TypeError('Net(network_file, phase, level, stages, weights) takes at '
+                                'most 5 arguments')
+            given = dict(zip(('phase', 'level', 'stages', 'weights'), args))
+            for name, value in given.items():
+                if locals()[name] is not None:
+                    raise TypeError('%s given both by position and keyword' % name)
+            phase = given.get('phase', phase)
+            level = given.get('level', level)
+            stages = given.get('stages', stages)
+            weights = given.get('weights', weights)
         net_param = self._net_param(network_file, phase, level, stages)
         # Python layer modules may come from the prototxt's own folder (python_layer.py).
         folder = (None if isinstance(network_file, caffe_pb2.NetParameter)

@@ -340,3 +340,50 @@ def test_upgrade_tools_name_the_bad_file_in_one_line(tmp_path, capsys):
     assert upgrade_proto.net_text_main([str(tmp_path / 'none'), 'o']) == 2
     assert 'none not found' in capsys.readouterr().err
     assert upgrade_proto.net_text_main(['only-one']) == 1
+
+
+V0_NET = '''
+name: "v0net"
+input: "data"
+input_dim: 1 input_dim: 3 input_dim: 12 input_dim: 12
+layers { layer { name: "pad1" type: "padding" pad: 2 } bottom: "data" top: "pad1" }
+layers { layer { name: "conv1" type: "conv" num_output: 4 kernelsize: 3 stride: 1
+    biasterm: false weight_filler { type: "gaussian" std: 0.01 }
+    blobs_lr: 1 weight_decay: 1 } bottom: "pad1" top: "conv1" }
+layers { layer { name: "relu1" type: "relu" num_output: 7 } bottom: "conv1" top: "conv1" }
+layers { layer { name: "pool1" type: "pool" pool: AVE kernelsize: 2 stride: 2 }
+  bottom: "conv1" top: "pool1" }
+layers { layer { name: "norm1" type: "lrn" local_size: 3 alpha: 0.0001 beta: 0.75 }
+  bottom: "pool1" top: "norm1" }
+layers { layer { name: "fc" type: "innerproduct" num_output: 10 } bottom: "norm1" top: "fc" }
+layers { layer { name: "drop" type: "dropout" dropout_ratio: 0.4 } bottom: "fc" top: "fc" }
+layers { layer { name: "prob" type: "softmax" } bottom: "fc" top: "prob" }
+'''
+
+
+def test_upgrade_net_proto_text_upgrades_v0_nets_folding_padding_layers(tmp_path, caplog):
+    src, dst = tmp_path / 'v0.prototxt', tmp_path / 'new.prototxt'
+    src.write_text(V0_NET)
+    with caplog.at_level(logging.INFO, logger='torchcaffe'):
+        assert upgrade_proto.net_text_main([str(src), str(dst)]) == 0
+    # relu takes no num_output: Caffe logs it and drops the field.
+    assert any("'relu1': Unknown parameter num_output for layer type relu" in m
+               for m in messages(caplog))
+    net = io.read_net_prototxt(str(dst), upgrade=False)
+    assert [(l.name, l.type) for l in net.layer] == [
+        ('input', 'Input'), ('conv1', 'Convolution'), ('relu1', 'ReLU'),
+        ('pool1', 'Pooling'), ('norm1', 'LRN'), ('fc', 'InnerProduct'),
+        ('drop', 'Dropout'), ('prob', 'Softmax')]
+    conv = net.layer[1]
+    assert list(conv.bottom) == ['data']  # the padding layer is folded into conv1
+    c = conv.convolution_param
+    assert (list(c.pad), list(c.kernel_size), list(c.stride), c.num_output, c.bias_term) == \
+        ([2], [3], [1], 4, False)
+    assert c.weight_filler.type == 'gaussian' and len(conv.param) == 1
+    assert net.layer[3].pooling_param.pool == caffe_pb2.PoolingParameter.AVE
+    assert net.layer[4].lrn_param.local_size == 3
+    assert net.layer[6].dropout_param.dropout_ratio == pytest.approx(0.4)
+    # The upgraded net builds: 12 + 2 * 2 - 3 + 1 = 14, pooled to 7.
+    built = caffe.Net(str(dst), caffe.TEST)
+    assert built.blobs['pool1'].shape == (1, 4, 7, 7)
+    assert built.blobs['prob'].shape == (1, 10)

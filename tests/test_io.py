@@ -560,10 +560,16 @@ def test_unknown_v1_type_number_in_a_caffemodel_is_an_error(tmp_path):
         io.read_caffemodel(path)
 
 
-def test_v0_layers_are_refused_with_a_message():
-    net = caffe_pb2.NetParameter()
-    net.layers.add().layer.name = 'conv1'
-    with pytest.raises(FormatError, match='V0 layer format'):
+def test_v0_layers_are_upgraded_through_v1():
+    net = caffe_pb2.NetParameter(input=['data'], input_dim=[1, 1, 4, 4])
+    conn = net.layers.add(bottom=['data'], top=['conv1'])
+    conn.layer.name, conn.layer.type, conn.layer.num_output = 'conv1', 'conv', 2
+    up = io.upgrade_net_param(net, 'old.prototxt')
+    assert [(l.name, l.type) for l in up.layer] == [('input', 'Input'),
+                                                     ('conv1', 'Convolution')]
+    assert up.layer[1].convolution_param.num_output == 2
+    conn.layer.type = 'warp'
+    with pytest.raises(FormatError, match="old.prototxt: V0 layer 'conv1' .* unknown type 'warp'"):
         io.upgrade_net_param(net, 'old.prototxt')
 
 

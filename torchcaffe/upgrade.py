@@ -3,7 +3,7 @@
 Caffe (src/caffe/util/upgrade_proto.cpp) upgrades a ``NetParameter`` in this order:
 deprecated data-layer transformation fields, V1 ``layers`` to ``layer``, net-level
 ``input`` fields to an ``Input`` layer, and 3-param ``BatchNorm`` layers. The
-pre-2014 V0 format is not upgraded here: such files are rejected with a message.
+pre-2014 V0 format becomes V1 first (``torchcaffe.upgrade_v0``).
 A solver's deprecated ``solver_type`` enum becomes the ``type`` string, and an
 unset or directory ``snapshot_prefix`` is derived from the solver file name.
 """
@@ -13,6 +13,7 @@ from google.protobuf import unknown_fields
 
 from .errors import FormatError
 from .proto import caffe_pb2
+from .upgrade_v0 import needs_v0_upgrade, upgrade_v0_net
 
 V1 = caffe_pb2.V1LayerParameter
 
@@ -204,6 +205,8 @@ def upgrade_net_param_in_place(net, path=None):
         raise FormatError(path, 'mixes V1 "layers" (%d) and current "layer" (%d) '
                           'fields; Caffe cannot upgrade such a net'
                           % (len(net.layers), len(net.layer)))
+    if needs_v0_upgrade(net):
+        upgrade_v0_net(net, path)  # V0 -> V1, then on as any V1 net
     _upgrade_data_transform(net)
     for i, v1_layer in enumerate(net.layers):
         net.layer.add().CopyFrom(upgrade_v1_layer(v1_layer, i, path))

@@ -129,6 +129,7 @@ def test_net_takes_pycaffes_constructor_forms(tmp_path):
     for net in (caffe.Net(proto, caffe.TEST, weights=weights),
                 caffe.Net(proto, weights, caffe.TEST),            # legacy positional form
                 caffe.Net(proto, caffe.TEST, level=0, stages=[], weights=weights),
+                caffe.Net(proto, caffe.TEST, 0, None, weights),
                 caffe.Net(network_file=proto, phase=caffe.TEST, weights=weights)):
         np.testing.assert_array_equal(net.params['ip'][0].data, W)
     assert not caffe.Net(proto, caffe.TEST).params['ip'][1].data.any()
@@ -141,6 +142,9 @@ def test_level_and_stages_select_layers(tmp_path):
     assert 'sq' not in caffe.Net(proto, caffe.TEST, stages=['sq']).layer_dict
     assert 'sq' not in caffe.Net(proto, caffe.TEST, level=1).layer_dict
     assert 'sq' in caffe.Net(proto, caffe.TEST, level=1, stages=['sq']).layer_dict
+    assert 'sq' in caffe.Net(proto, caffe.TEST, 1, ['sq']).layer_dict   # positional
+    with pytest.raises(TypeError, match='level given both'):
+        caffe.Net(proto, caffe.TEST, 1, level=1)
 
 
 # ---------------------------------------------------------------- views of the net

@@ -387,3 +387,13 @@ def test_upgrade_net_proto_text_upgrades_v0_nets_folding_padding_layers(tmp_path
     built = caffe.Net(str(dst), caffe.TEST)
     assert built.blobs['pool1'].shape == (1, 4, 7, 7)
     assert built.blobs['prob'].shape == (1, 10)
+
+
+def test_the_thin_script_in_tools_runs_the_same_command(tmp_path):
+    import os
+    import subprocess
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, 'tools', 'caffe'), '-help'],
+                          capture_output=True, text=True, timeout=120, cwd=str(tmp_path))
+    assert done.returncode == 0
+    assert 'usage: caffe <command> <args>' in done.stderr and '-sighup_effect' in done.stderr

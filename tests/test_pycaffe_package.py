@@ -206,3 +206,10 @@ def test_nccl_in_one_process_trains_as_one_solver(tmp_path):
     # loss = sum(y), so dloss/dW = sum over the batch of x; SGD: W -= 0.1 * that
     np.testing.assert_allclose(solver.net.params['ip'][0].data,
                                0.5 - 0.1 * x.sum(0, keepdims=True), rtol=1e-6)
+
+
+def test_sgd_solver_is_what_get_solver_makes_for_sgd(tmp_path):
+    solver = _solver(tmp_path)
+    assert isinstance(solver, caffe.SGDSolver)
+    direct = caffe.SGDSolver(str(tmp_path / 'solver.prototxt'))
+    assert direct.iter == 0 and list(direct.net.params) == ['ip']

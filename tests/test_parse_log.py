@@ -26,10 +26,10 @@ OURS = '''\
 I1202 14:00:00.000000  4242 solver.py:360] Solving voc-fcn8s
 I1202 14:00:00.000100  4242 solver.py:361] Learning Rate Policy: fixed
 I1202 14:00:01.000000  4242 solver.py:538] Iteration 0 (0 iter/s, 1s/2 iters), loss = 300000
-I1202 14:00:01.000001  4242 solver.py:561]     Train net output #0: loss = 300000 (* 1 = 300000 loss)
+I1202 14:00:01.000001  4242 solver.py:561]     Train net output #0: loss = 300000 (* 1 = 3e+05 loss)
 I1202 14:00:01.000002  4242 solver.py:593] Iteration 0, lr = 1e-10
 I1202 14:00:03.500000  4242 solver.py:538] Iteration 2 (0.8 iter/s, 2.5s/2 iters), loss = 250000
-I1202 14:00:03.500001  4242 solver.py:561]     Train net output #0: loss = 250000 (* 1 = 250000 loss)
+I1202 14:00:03.500001  4242 solver.py:561]     Train net output #0: loss = 250000 (* 1 = 2.5e5 loss)
 I1202 14:00:03.500002  4242 solver.py:593] Iteration 2, lr = 1e-10
 >>> 2026-12-02 14:00:05.000000 Begin seg tests
 >>> 2026-12-02 14:00:06.250000 Iteration 4 loss 123456.5

@@ -135,8 +135,8 @@ def _one_gpu(gpus):
 def torchrun_command(argv, n):
     """The command that reruns ``caffe argv`` under torchrun with ``n`` processes.
 
-    >>> torchrun_command(['train', '--gpu', '0,1'], 2)[1:7]
-    ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2', '-m', 'torchcaffe.tools.caffe_cli']
+    >>> ' '.join(torchrun_command(['train', '--gpu', '0,1'], 2)[1:5])
+    '-m torch.distributed.run --standalone --nproc_per_node=2'
     """
     return [sys.executable, '-m', 'torch.distributed.run', '--standalone',
             '--nproc_per_node=%d' % n, '-m', 'torchcaffe.tools.caffe_cli'] + list(argv)

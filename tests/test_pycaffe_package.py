@@ -213,3 +213,16 @@ def test_sgd_solver_is_what_get_solver_makes_for_sgd(tmp_path):
     assert isinstance(solver, caffe.SGDSolver)
     direct = caffe.SGDSolver(str(tmp_path / 'solver.prototxt'))
     assert direct.iter == 0 and list(direct.net.params) == ['ip']
+
+
+@pytest.mark.parametrize('kind', ['Nesterov', 'AdaGrad', 'RMSProp', 'AdaDelta', 'Adam'])
+def test_caffe_exposes_every_solver_get_solver_makes(tmp_path, kind):
+    (tmp_path / 'train.prototxt').write_text(SOLVER_NET)
+    (tmp_path / 'solver.prototxt').write_text(
+        'net: "%s" type: "%s" base_lr: 0.1 %s lr_policy: "fixed" display: 0 '
+        'snapshot_prefix: "%s"\n' % (tmp_path / 'train.prototxt', kind,
+                                     '' if kind in ('AdaGrad', 'RMSProp') else 'momentum: 0.9',
+                                     tmp_path / 's'))
+    cls = getattr(caffe, kind + 'Solver')
+    assert cls is getattr(torchcaffe, kind + 'Solver')
+    assert type(caffe.get_solver(str(tmp_path / 'solver.prototxt'))) is cls

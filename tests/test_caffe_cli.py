@@ -399,3 +399,28 @@ def test_the_thin_script_in_tools_runs_the_same_command(monkeypatch, capsys):
     assert done.value.code == 0
     err = capsys.readouterr().err
     assert 'usage: caffe <command> <args>' in err and '-sighup_effect' in err
+
+
+def test_train_on_several_gpus_hands_the_same_command_to_torchrun(workdir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(caffe_cli, 'parse_gpus', lambda text, device_count=None: [0, 1])
+    monkeypatch.setattr(caffe_cli.subprocess, 'call', lambda cmd: calls.append(cmd) or 0)
+    argv = ['train', '--solver=solver.prototxt', '--gpu=0,1']
+    assert main(argv) == 0
+    assert calls == [caffe_cli.torchrun_command(argv, 2)]
+    assert not (workdir / 'snap' / 'clusters_iter_20.caffemodel').exists()  # only the ranks train
+
+
+def test_train_under_torchrun_runs_data_parallel_on_the_cpu(workdir):
+    """Two gloo processes: rank 0 logs and snapshots, rank 1 keeps its own streams."""
+    import os
+    import subprocess
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(workdir)] + sys.path))
+    done = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone',
+                           '--nproc_per_node=2', '-m', 'torchcaffe.tools.caffe_cli', 'train',
+                           '--solver=solver.prototxt'], cwd=str(workdir), env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert 'Data-parallel over 2 processes' in done.stderr
+    assert (workdir / 'snap' / 'clusters_iter_20.caffemodel').is_file()
+    assert (workdir / 'snap' / 'clusters_iter_20.solverstate.rank1.resume.json').is_file()

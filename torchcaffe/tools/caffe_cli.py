@@ -225,7 +225,8 @@ def cmd_train(f, argv):
     _use(gpus)
     if parallel:
         distributed.init()
-    handler = _plot_log_handler(param) if f['plot'] and distributed.is_main() else None
+    handler = (_plot_log_handler(param, append=bool(f['snapshot']))
+               if f['plot'] and distributed.is_main() else None)
     try:
         solver = get_solver(source)
         solver.sigint_effect, solver.sighup_effect = sigint, sighup
@@ -248,13 +249,14 @@ def cmd_train(f, argv):
     return 0
 
 
-def _plot_log_handler(param):
-    """Log into ``<snapshot_prefix>.log`` too (glog format), for --plot."""
+def _plot_log_handler(param, append=False):
+    """Log into ``<snapshot_prefix>.log`` too (glog format), for --plot; a resumed run
+    (``append``) adds to the log so that the curve covers the whole run."""
     path = param.snapshot_prefix + '.log'
     folder = os.path.dirname(path)
     if folder:
         os.makedirs(folder, exist_ok=True)
-    handler = logging.FileHandler(path, mode='w', encoding='utf-8')
+    handler = logging.FileHandler(path, mode='a' if append else 'w', encoding='utf-8')
     handler.setFormatter(GlogFormatter())
     handler.setLevel(logging.INFO)
     logging.getLogger(LOGGER_NAME).addHandler(handler)

@@ -152,3 +152,16 @@ def test_training_with_plot_leaves_its_log_and_curve_beside_the_snapshots(tmp_pa
     assert {'loss', 'overall accuracy', 'mean IU', 'fwavacc'} <= set(test[0])
     png = (model / 'snapshot' / 'train_curve.png').read_bytes()
     assert png[:8] == b'\x89PNG\r\n\x1a\n'
+
+
+def test_nan_outputs_are_kept_and_garbled_values_skipped():
+    lines = ['I0101 00:00:00.000000 1 s.cpp:1] Solving x',
+             'I0101 00:00:01.000000 1 s.cpp:2] Iteration 0, loss = nan',
+             'I0101 00:00:01.000000 1 s.cpp:3]     Train net output #0: loss = nan',
+             'I0101 00:00:01.000000 1 s.cpp:3]     Train net output #1: acc = e-',
+             'I0101 00:00:02.000000 1 s.cpp:2] Iteration 5, loss = 1',
+             'I0101 00:00:02.000000 1 s.cpp:3]     Train net output #0: loss = -inf']
+    train, _ = parse_log.parse_lines(lines, 2020)
+    assert [r['NumIters'] for r in train] == [0, 5]
+    assert math.isnan(train[0]['loss']) and train[1]['loss'] == -math.inf
+    assert 'acc' not in train[0]

@@ -45,6 +45,14 @@ GLOG_HEADER = re.compile(r'^Log file created at: (\d{4})/')
 FIXED = ('NumIters', 'Seconds', 'LearningRate')
 
 
+def _number(text):
+    """``text`` as a float (nan and inf included), or None when it is not a number."""
+    try:
+        return float(text)
+    except ValueError:
+        return None
+
+
 def _glog_time(match, year):
     month, day, hour, minute, second, micro = (int(match.group(k)) for k in range(1, 7))
     return datetime.datetime(year, month, day, hour, minute, second, micro)
@@ -128,12 +136,13 @@ def parse_lines(lines, year=None):
         if m:
             rate = float(m.group(1))
         if score:
-            test.add(iteration, seconds, rate, score.group(2), float(score.group(3)))
+            if _number(score.group(3)) is not None:
+                test.add(iteration, seconds, rate, score.group(2), _number(score.group(3)))
             continue
         for regex, table in ((TRAIN_OUTPUT, train), (TEST_OUTPUT, test)):
             m = regex.search(message)
-            if m:
-                table.add(iteration, seconds, rate, m.group(2), float(m.group(3)))
+            if m and _number(m.group(3)) is not None:
+                table.add(iteration, seconds, rate, m.group(2), _number(m.group(3)))
     return train.finish(), test.finish()
 
 

@@ -424,3 +424,35 @@ def test_train_under_torchrun_runs_data_parallel_on_the_cpu(workdir):
     assert 'Data-parallel over 2 processes' in done.stderr
     assert (workdir / 'snap' / 'clusters_iter_20.caffemodel').is_file()
     assert (workdir / 'snap' / 'clusters_iter_20.solverstate.rank1.resume.json').is_file()
+
+
+STAGED = '''
+layer { name: "data" type: "Input" top: "data" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "always" type: "ReLU" bottom: "data" top: "a" }
+layer { name: "leveled" type: "ReLU" bottom: "a" top: "b" include { min_level: 1 } }
+layer { name: "staged" type: "ReLU" bottom: "a" top: "c" include { stage: "deep" } }
+'''
+
+
+@pytest.mark.parametrize('extra, layers', [
+    ([], ['data', 'always']),
+    (['--level=1'], ['data', 'always', 'leveled']),
+    (['-stage', 'deep,other'], ['data', 'always', 'staged']),
+])
+def test_level_and_stage_flags_choose_the_layers(tmp_path, caplog, extra, layers):
+    (tmp_path / 'staged.prototxt').write_text(STAGED)
+    status, log = run(['time', '--model=%s' % (tmp_path / 'staged.prototxt'),
+                       '--iterations=1'] + extra, caplog)
+    assert status == 0
+    timed = [m.split('\t')[0].strip() for m in log if m.endswith(' ms.') and '\tforward: ' in m]
+    assert timed == layers
+
+
+def test_train_level_and_stage_go_into_the_train_state(workdir):
+    f = dict({k: default for k, (_, default) in caffe_cli.FLAGS.items()},
+             solver='solver.prototxt', level=2, stage='a,b')
+    param, source = caffe_cli._solver_source(f)
+    assert source is param  # changed: the solver is built from the parameter
+    assert param.train_state.level == 2 and list(param.train_state.stage) == ['a', 'b']
+    f.update(level=0, stage='')
+    assert caffe_cli._solver_source(f)[1] == 'solver.prototxt'  # unchanged: the file itself

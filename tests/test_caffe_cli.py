@@ -456,3 +456,11 @@ def test_train_level_and_stage_go_into_the_train_state(workdir):
     assert param.train_state.level == 2 and list(param.train_state.stage) == ['a', 'b']
     f.update(level=0, stage='')
     assert caffe_cli._solver_source(f)[1] == 'solver.prototxt'  # unchanged: the file itself
+
+
+def test_plot_of_a_run_that_logs_no_outputs_warns_instead_of_failing(workdir, caplog):
+    (workdir / 'quiet.prototxt').write_text(SOLVER.replace('display: 5', 'display: 0')
+                                            .replace('test_iter: 2 test_interval: 10', ''))
+    status, log = run(['train', '--solver=quiet.prototxt', '--plot'], caplog)
+    assert status == 0 and any(m.startswith('No learning curve: ') for m in log)
+    assert (workdir / 'snap' / 'clusters_iter_20.caffemodel').is_file()

@@ -25,6 +25,7 @@ import platform
 import subprocess
 import sys
 
+import numpy as np
 import torch
 
 from .. import distributed, io, mode
@@ -266,7 +267,11 @@ def _plot_log_handler(param, append=False):
 
 def _plot(log_path, png):
     from . import plot_training_log  # matplotlib only when plotting
-    plot_training_log.plot_logs([log_path], png)
+    try:
+        plot_training_log.plot_logs([log_path], png)
+    except ValueError as err:  # nothing logged to plot (display: 0, no tests)
+        log.warning('No learning curve: %s', err)
+        return
     log.info('Learning curve of %s: %s', log_path, png)
 
 
@@ -307,7 +312,6 @@ def score(net, iterations, on_value=None):
     one pair per element of each output blob, in Caffe's order; ``on_value(i, name,
     value)`` sees each batch's values.
     """
-    import numpy as np
     sums, loss = None, np.float32(0)
     for i in range(iterations):
         net._forward(0, len(net._steps) - 1)

@@ -164,9 +164,9 @@ fi
 if [ -z "$PY" ]; then
     PY=python3 HOW="none usable: see logs/setup.log"
     record setup "failed: no Python with torch$([ $MODE = gpu ] && echo ' (CUDA)') and the project's packages" \
-        $(($(date +%s) - setup_t0)) 0 logs/setup.log
+        $(($(date +%s) - setup_t0)) null logs/setup.log
 else
-    record setup ok $(($(date +%s) - setup_t0)) 0 logs/setup.log
+    record setup ok $(($(date +%s) - setup_t0)) null logs/setup.log
 fi
 echo "gpu_check ($MODE) into $OUT with $PY [$HOW]; budget $BUDGET s"
 printf '{"mode": %s, "budget_s": %s, "started_epoch": %s, "started": %s, "root": %s, "python": %s, "setup": %s, "steps_requested": %s}\n' \

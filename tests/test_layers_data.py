@@ -380,3 +380,37 @@ def test_net_reshape_after_forward_keeps_the_data_layer_shapes(image_list):
     net.forward()
     net.reshape()
     assert net.blobs['data'].shape == (2, 3, 5, 7) and net.blobs['label'].shape == (2,)
+
+
+# ------------------------------------------------------------------------ exact resume
+
+def test_a_data_layer_loaded_with_a_saved_state_goes_on_with_the_same_batches(
+        image_list, tmp_path):
+    # Shuffling, random crops and mirrors, and files read in turn: the state of a layer
+    # that gave out 4 batches makes a fresh layer (built under another seed) give out
+    # what the first gives next. torchcaffe.resume_state saves it beside a solverstate.
+    images_dir, _ = image_list
+    for name, rows in (('a', 5), ('b', 3)):  # the tops name the datasets
+        with h5py.File(str(tmp_path / (name + '.h5')), 'w') as f:
+            f['h5data'] = np.arange(2 * rows, dtype=np.float32).reshape(rows, 2) + ord(name)
+            f['h5label'] = np.arange(rows)
+    (tmp_path / 'files.txt').write_text('%s\n%s\n' % (tmp_path / 'a.h5', tmp_path / 'b.h5'))
+    text = (IMAGE_DATA % (images_dir / 'list.txt', images_dir / 'imgs', 'shuffle: true',
+                          'transform_param { crop_size: 3 mirror: true }')
+            + HDF5_DATA.replace('top: "data" top: "label"', 'top: "h5data" top: "h5label"')
+            % (tmp_path / 'files.txt', 'shuffle: true'))
+    caffe.set_random_seed(11)
+    first = net_from(tmp_path, text, caffe.TRAIN, 'a.prototxt')
+    for _ in range(4):
+        first.forward()
+    states = {name: first.layer_dict[name].state_dict() for name in ('data', 'h5')}
+    assert states['data']['batches'] == 4
+    caffe.set_random_seed(12)
+    second = net_from(tmp_path, text, caffe.TRAIN, 'b.prototxt')
+    second.forward()
+    for name, state in states.items():
+        second.layer_dict[name].load_state_dict(state)
+    for _ in range(3):
+        want, got = first.forward(), second.forward()
+        for top in ('data', 'label', 'h5data', 'h5label'):
+            np.testing.assert_array_equal(got[top], want[top], err_msg=top)

@@ -4,9 +4,9 @@ Caffe's ``.solverstate`` keeps the iteration, the momentum history and the weigh
 file; a restored Caffe run starts its data layers and Dropout masks afresh, so it
 goes on differently from an uninterrupted run. Beside each solverstate torchcaffe
 writes ``<solverstate>.resume.json`` with the state of its generators (weight fillers
-and Dropout masks, per device) and of every Python layer of the train net that
-defines ``state_dict()`` / ``load_state_dict(state)`` (the VOC data layers do: their
-position and shuffling generator). Restoring reads it back, so N steps, snapshot,
+and Dropout masks, per device) and of every layer of the train net that defines
+``state_dict()`` / ``load_state_dict(state)`` (the VOC data layers do: their position
+and shuffling generator; so do Caffe's Data, ImageData, HDF5Data and WindowData). Restoring reads it back, so N steps, snapshot,
 restore, M steps gives exactly the N + M steps of a straight run. The file is plain
 JSON, never code; Caffe itself ignores it, and a missing or stale one only costs that
 exactness (with a warning).

@@ -119,15 +119,47 @@ class _BatchLayer(Layer):
     def __init__(self, layer_param, phase):
         super().__init__(layer_param, phase)
         self.where = 'layer %r (%s)' % (self.name, self.type)
+        self._seed = mode._state['seed']  # the seed of the source's generators
         self._source = self.make_source()
         self._ready = self._source.load()  # the first batch: its shape is the top shape
         log.info('%s: output data size: %s', self.where,
                  ','.join(str(d) for d in self._ready[0].shape))
         self._shapes = [a.shape for a in self._ready[:self.num_tops()]]
         self._count = 0
+        self._start_prefetching(1)
+
+    def _start_prefetching(self, first):
         self._prefetcher = Prefetcher(self._source.load, name='%s prefetch' % self.name)
-        weakref.finalize(self, _shut_down, self._prefetcher, self._source)
-        self._prefetcher.submit(1)
+        self._finalizer = weakref.finalize(self, _shut_down, self._prefetcher, self._source)
+        self._prefetcher.submit(first)
+
+    def state_dict(self):
+        """Where the layer is: the batches it has given out (for ``torchcaffe.resume_state``:
+        Caffe's data layers restart on a restore, ours go on where they were)."""
+        return {'batches': self._count, 'seed': self._seed}
+
+    def load_state_dict(self, state):
+        """Go on from where a layer that gave out ``state['batches']`` batches was.
+
+        The source is made afresh with the generators' seed of the saved layer and
+        that many batches are loaded and dropped, so shuffles, ``rand_skip``, crops
+        and mirrors draw what they drew: exact, at the cost of reading them again.
+        """
+        batches, seed = int(state['batches']), int(state['seed'])
+        self._finalizer()  # stops the prefetch thread, closes the database
+        saved, mode._state['seed'] = mode._state['seed'], seed
+        try:
+            self._source = self.make_source()
+        finally:
+            mode._state['seed'] = saved
+        self._seed = seed
+        if batches:
+            log.info('%s: skipping the %d batches read before the snapshot', self.where,
+                     batches)
+        for _ in range(batches):
+            self._source.load()
+        self._ready, self._count = None, batches
+        self._start_prefetching(batches)
 
     def make_source(self):
         raise NotImplementedError

@@ -1,0 +1,254 @@
+"""Whole Caffe-style models, of the kinds users bring, built and trained end to end.
+
+Each net is written here as Caffe's examples write theirs (in-place BatchNorm /
+Scale / ReLU, data layers over files the tests make, a solver.prototxt picked by
+``type`` through ``caffe.get_solver``), at toy sizes:
+
+1. ResNet-style: conv -> BatchNorm -> Scale -> ReLU in place, two residual blocks
+   (identity and 1x1 projection shortcuts, Eltwise SUM), global AVE pooling, HDF5Data
+   for TRAIN and TEST, Nesterov.
+2. CIFAR-10-full-style: conv / pool / ReLU / LRN WITHIN_CHANNEL over a Data layer
+   reading an LMDB that convert_imageset made from PNGs, mean_file from
+   compute_image_mean, SGD.
+3. MNIST-autoencoder-style: InnerProduct encoder / decoder with Sigmoid,
+   SigmoidCrossEntropyLoss and a loss_weight 0 EuclideanLoss, MemoryData, AdaGrad.
+4. Siamese: Slice of a paired input, two InnerProduct towers sharing params by name,
+   ContrastiveLoss, SGD.
+5. Sequence: Embed -> LSTM (with cont) -> InnerProduct (axis 2) -> SoftmaxWithLoss
+   (axis 2), Input layers, AdaDelta.
+
+Every task is separable or memorisable, so "the loss decreases" is a real check.
+"""
+import math
+import os
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+try:
+    import caffe
+    if caffe.Net is not __import__('torchcaffe').Net:  # a real Caffe came first
+        raise ImportError
+except ImportError:
+    import torchcaffe as caffe
+from torchcaffe import caffe_pb2
+from torchcaffe.tools import compute_image_mean, convert_imageset
+
+f32 = np.float32
+
+
+@pytest.fixture(autouse=True)
+def cpu_mode():
+    caffe.set_mode_cpu()
+    yield
+    caffe.set_mode_cpu()
+
+
+def write(path, text):
+    path = str(path)
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def losses_of(solver, iters, blob='loss', feed=None):
+    """The train net's ``blob`` at each of ``iters`` single steps (``feed(net, i)``
+    sets the inputs of iteration i first)."""
+    out = []
+    for _ in range(iters):
+        if feed is not None:
+            feed(solver.net, solver.iter)
+        solver.step(1)
+        out.append(float(solver.net.blobs[blob].data))
+    return out
+
+
+def clearly_decreased(losses, factor=0.7, window=5):
+    """The mean of the last ``window`` losses is below ``factor`` times the first's."""
+    first, last = np.mean(losses[:window]), np.mean(losses[-window:])
+    return np.all(np.isfinite(losses)) and last < factor * first
+
+
+# ======================================================================== 1. ResNet-style
+
+RESNET_CLASSES = 2
+
+
+def conv_bn(name, bottom, num_output, kernel, stride=1, pad=0, relu=True):
+    """Caffe's ResNet unit: Convolution (no bias), then BatchNorm, Scale and ReLU,
+    all in place on the convolution's top (as in the MSRA ResNet prototxts)."""
+    text = '''
+layer { name: "%(n)s" type: "Convolution" bottom: "%(b)s" top: "%(n)s"
+  param { lr_mult: 1 decay_mult: 1 }
+  convolution_param { num_output: %(o)d kernel_size: %(k)d stride: %(s)d pad: %(p)d
+    bias_term: false weight_filler { type: "msra" } } }
+layer { name: "bn_%(n)s" type: "BatchNorm" bottom: "%(n)s" top: "%(n)s"
+  param { lr_mult: 0 } param { lr_mult: 0 } param { lr_mult: 0 } }
+layer { name: "scale_%(n)s" type: "Scale" bottom: "%(n)s" top: "%(n)s"
+  scale_param { bias_term: true } }
+''' % dict(n=name, b=bottom, o=num_output, k=kernel, s=stride, p=pad)
+    if relu:
+        text += 'layer { name: "%s_relu" type: "ReLU" bottom: "%s" top: "%s" }\n' % (
+            name, name, name)
+    return text
+
+
+def resnet_prototxt(train_list, test_list):
+    return ('name: "TinyResNet"\n'
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "label"\n'
+            '  include { phase: TRAIN } hdf5_data_param { source: "%s" batch_size: 8 } }\n'
+            'layer { name: "data" type: "HDF5Data" top: "data" top: "label"\n'
+            '  include { phase: TEST } hdf5_data_param { source: "%s" batch_size: 8 } }\n'
+            % (train_list, test_list)
+            + conv_bn('conv1', 'data', 4, 3, pad=1)
+            # block 2a: identity shortcut
+            + conv_bn('res2a_branch2a', 'conv1', 4, 3, pad=1)
+            + conv_bn('res2a_branch2b', 'res2a_branch2a', 4, 3, pad=1, relu=False)
+            + 'layer { name: "res2a" type: "Eltwise" bottom: "conv1" bottom: "res2a_branch2b"\n'
+              '  top: "res2a" eltwise_param { operation: SUM } }\n'
+              'layer { name: "res2a_relu" type: "ReLU" bottom: "res2a" top: "res2a" }\n'
+            # block 3a: 1x1 stride-2 projection shortcut
+            + conv_bn('res3a_branch1', 'res2a', 8, 1, stride=2, relu=False)
+            + conv_bn('res3a_branch2a', 'res2a', 8, 3, stride=2, pad=1)
+            + conv_bn('res3a_branch2b', 'res3a_branch2a', 8, 3, pad=1, relu=False)
+            + 'layer { name: "res3a" type: "Eltwise" bottom: "res3a_branch1"\n'
+              '  bottom: "res3a_branch2b" top: "res3a" }\n'
+              'layer { name: "res3a_relu" type: "ReLU" bottom: "res3a" top: "res3a" }\n'
+              'layer { name: "pool5" type: "Pooling" bottom: "res3a" top: "pool5"\n'
+              '  pooling_param { pool: AVE global_pooling: true } }\n'
+              'layer { name: "fc2" type: "InnerProduct" bottom: "pool5" top: "fc2"\n'
+              '  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }\n'
+              '  inner_product_param { num_output: %d weight_filler { type: "msra" }\n'
+              '    bias_filler { type: "constant" value: 0 } } }\n'
+              'layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc2" bottom: "label"\n'
+              '  top: "loss" }\n'
+              'layer { name: "accuracy" type: "Accuracy" bottom: "fc2" bottom: "label"\n'
+              '  top: "accuracy" include { phase: TEST } }\n' % RESNET_CLASSES)
+
+
+def stripes(rng, n):
+    """Separable 3 x 8 x 8 images: class 0 has bright rows 2 and 5, class 1 bright
+    columns 2 and 5, both under Gaussian noise; labels alternate."""
+    label = np.arange(n) % RESNET_CLASSES
+    data = rng.normal(0, 0.5, (n, 3, 8, 8))
+    data[label == 0, :, [[2], [5]], :] += 2.0
+    data[label == 1, :, :, [[2], [5]]] += 2.0
+    return data.astype(f32), label.astype(f32)
+
+
+def write_h5_split(folder, name, files, rows, seed):
+    """``files`` .h5 files of ``rows`` rows each, and the list file naming them."""
+    rng = np.random.default_rng(seed)
+    paths = []
+    for i in range(files):
+        data, label = stripes(rng, rows)
+        path = os.path.join(folder, '%s_%d.h5' % (name, i))
+        with h5py.File(path, 'w') as h5:
+            h5['data'] = data
+            h5['label'] = label
+        paths.append(path)
+    return write(os.path.join(folder, name + '.txt'), '\n'.join(paths) + '\n')
+
+
+@pytest.fixture
+def resnet(tmp_path):
+    """(solver file, net file) of the ResNet-style model: 2 x 12 training rows in
+    batches of 8 (so batches straddle files and epochs), 8 test rows."""
+    folder = str(tmp_path)
+    net = write(tmp_path / 'train_val.prototxt', resnet_prototxt(
+        write_h5_split(folder, 'train', 2, 12, seed=1),
+        write_h5_split(folder, 'test', 1, 8, seed=2)))
+    solver = write(tmp_path / 'solver.prototxt', '''
+net: "%s"
+type: "Nesterov"
+test_iter: 1
+test_interval: 1000
+test_initialization: false
+base_lr: 0.05
+momentum: 0.9
+weight_decay: 0.0001
+lr_policy: "fixed"
+display: 0
+max_iter: 30
+snapshot_prefix: "%s/resnet"
+random_seed: 7
+''' % (net, folder))
+    return solver, net
+
+
+def test_resnet_style_net_with_in_place_batchnorm_trains_on_hdf5(resnet):
+    solver = caffe.get_solver(resnet[0])
+    assert isinstance(solver, caffe.NesterovSolver)
+    losses = losses_of(solver, 30)
+    assert clearly_decreased(losses, factor=0.5), losses
+    test = solver.test_nets[0]
+    test.share_with(solver.net)
+    out = test.forward()
+    assert out['accuracy'] == 1.0  # separable held-out rows
+
+
+def test_batchnorm_running_statistics_accumulate_in_train(resnet):
+    solver = caffe.get_solver(resnet[0])
+    before = [b.data.copy() for b in solver.net.params['bn_conv1']]
+    assert all(not b.any() for b in before)
+    solver.step(30)
+    mean_sum, var_sum, factor = (b.data for b in solver.net.params['bn_conv1'])
+    # factor = maf * factor + 1 at each TRAIN forward, maf = 0.999 by default
+    expected = f32(0)
+    for _ in range(30):
+        expected = expected * f32(0.999) + f32(1)
+    assert factor[0] == pytest.approx(expected, rel=1e-6)
+    assert mean_sum.any() and (var_sum > 0).all()
+    # every BatchNorm's statistics moved, and no solver touched them (lr_mult 0)
+    for name in solver.net.params:
+        if name.startswith('bn_'):
+            assert solver.net.params[name][2].data[0] == factor[0], name
+
+
+def test_test_phase_batchnorm_normalises_with_the_stored_statistics(resnet, tmp_path):
+    solver = caffe.get_solver(resnet[0])
+    solver.step(30)
+    model, _ = solver.snapshot()
+    mean_sum, var_sum, factor = (b.data.astype(np.float64)
+                                 for b in solver.net.params['bn_res2a_branch2a'])
+    net = caffe.Net(resnet[1], caffe.TEST, weights=model)
+    # the in-place chain shares one blob: read it after the conv, then after bn
+    net.forward(end='res2a_branch2a')
+    x = net.blobs['res2a_branch2a'].data.astype(np.float64).copy()
+    net.forward(start='bn_res2a_branch2a', end='bn_res2a_branch2a')
+    y = net.blobs['res2a_branch2a'].data
+    mean = (mean_sum / factor[0])[None, :, None, None]
+    var = (var_sum / factor[0])[None, :, None, None]
+    expected = (x - mean) / np.sqrt(var + 1e-5)
+    np.testing.assert_allclose(y, expected, rtol=1e-5, atol=1e-5)
+    # ... which is not what the batch's own statistics give
+    batch = (x - x.mean((0, 2, 3), keepdims=True)) / np.sqrt(x.var((0, 2, 3), keepdims=True)
+                                                             + 1e-5)
+    assert np.abs(y - batch).max() > 1e-2
+    # and the TEST net leaves its statistics alone
+    np.testing.assert_array_equal(net.params['bn_res2a_branch2a'][0].data,
+                                  solver.net.params['bn_res2a_branch2a'][0].data)
+
+
+def test_resnet_snapshot_restore_continue_equals_an_uninterrupted_run(resnet, tmp_path):
+    straight = caffe.get_solver(resnet[0])
+    straight_losses = losses_of(straight, 30)
+
+    first = caffe.get_solver(resnet[0])
+    first_losses = losses_of(first, 10)
+    _, state = first.snapshot()
+    del first
+    resumed = caffe.get_solver(resnet[0])
+    resumed.restore(state)
+    assert resumed.iter == 10
+    resumed_losses = losses_of(resumed, 20)
+
+    assert first_losses + resumed_losses == straight_losses
+    for name, blobs in straight.net.params.items():
+        for a, b in zip(blobs, resumed.net.params[name]):
+            np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    for a, b in zip(straight.history, resumed.history):
+        np.testing.assert_array_equal(a, b)

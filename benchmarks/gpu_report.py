@@ -32,7 +32,8 @@ ORDER = ('setup', 'env', 'cuda_tests', 'crosscheck', 'bench_fp32', 'demo_data', 
          'demo_bf16', 'bench_bf16', 'bench_tf32')
 NO_CUDA = 'skipped: no CUDA'
 # A decorator that skips a test where torch sees no CUDA device.
-CUDA_SKIP = re.compile(r'^@pytest\.mark\.skipif\(\s*not\s+torch\.cuda\.is_available\(\)')
+CUDA_MARK = r'pytest\.mark\.skipif\(\s*not\s+torch\.cuda\.is_available\(\)'
+CUDA_SKIP = re.compile('^@' + CUDA_MARK)
 # demo.py's table: stage, iterations, four metrics, seconds.
 DEMO_ROW = re.compile(r'^(FCN-\d+s)\s+(\d+)\s+' + r'\s+'.join([r'(\S+)'] * 4) + r'\s+(\d+)s\s*$')
 DEMO_METRICS = ('overall_acc', 'mean_acc', 'mean_iu', 'fwavacc')
@@ -91,24 +92,35 @@ def _run(cmd):
 # ------------------------------------------------------------------------ CUDA tests
 
 def cuda_tests(tests_dir=os.path.join(ROOT, 'tests')):
-    """Node ids (``tests/test_x.py::test_name``) of the tests that skip without CUDA.
+    """Node ids (``tests/test_x.py::test_name``, or the file) of the tests that skip
+    without CUDA.
 
-    A test counts when a ``@pytest.mark.skipif(not torch.cuda.is_available(), ...)``
-    decorator stands over its ``def`` (other decorators may sit between).
+    A test counts when ``pytest.mark.skipif(not torch.cuda.is_available(), ...)``
+    decorates its ``def`` (other decorators may sit between), directly or through
+    a module-level name bound to that mark; a file counts whole when its
+    ``pytestmark`` holds the mark.
     """
     found = []
     for path in sorted(glob.glob(os.path.join(tests_dir, 'test_*.py'))):
-        pending = False
+        rel = os.path.relpath(path, ROOT)
+        marks, pending, tests = set(), False, []
         with open(path) as f:
             for line in f:
-                if CUDA_SKIP.match(line):
+                bound = re.match(r'(\w+)\s*=.*' + CUDA_MARK, line)
+                if bound:
+                    marks.add(bound.group(1))
+                    if bound.group(1) == 'pytestmark':
+                        tests = None  # the whole file
+                        break
+                elif CUDA_SKIP.match(line) or re.match(r'@(\w+)\s*$', line) and \
+                        re.match(r'@(\w+)', line).group(1) in marks:
                     pending = True
                 elif pending and line.startswith(('def ', 'async def ')):
-                    name = re.match(r'(?:async )?def (\w+)', line).group(1)
-                    found.append('%s::%s' % (os.path.relpath(path, ROOT), name))
+                    tests.append(re.match(r'(?:async )?def (\w+)', line).group(1))
                     pending = False
                 elif pending and not line.startswith(('@', ' ', ')', '\n')):
                     pending = False  # something else came between: not a test
+        found += [rel] if tests is None else ['%s::%s' % (rel, t) for t in tests]
     return found
 
 

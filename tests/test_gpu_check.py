@@ -148,14 +148,24 @@ def test_steps_past_the_run_budget_are_skipped_not_started(tmp_path):
 
 def test_cuda_tests_finds_skipif_not_cuda_tests_through_other_decorators(tmp_path):
     (tmp_path / 'test_a.py').write_text(
+        "cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')\n\n"
         "@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')\n"
         "@pytest.mark.parametrize('x', [1, 2])\n"
         "def test_on_cuda(x):\n    pass\n\n"
         "@pytest.mark.skipif(torch.cuda.is_available(), reason='checks the CPU error')\n"
         "def test_without_cuda():\n    pass\n\n"
+        "@cuda\n"
+        "def test_marked_by_name():\n    pass\n\n"
+        "@pytest.mark.skipif(not torch.cuda.is_available(), reason='needs CUDA')\n"
+        "x = 1\n"
         "def test_plain():\n    pass\n")
+    (tmp_path / 'test_b.py').write_text(
+        "pytestmark = [pytest.mark.skipif(not torch.cuda.is_available(), reason='CUDA')]\n"
+        "def test_one():\n    pass\n")
     found = gpu_report.cuda_tests(str(tmp_path))
-    assert [f.split('::')[1] for f in found] == ['test_on_cuda']
+    rel = os.path.relpath(str(tmp_path), ROOT)
+    assert found == [rel + '/test_a.py::test_on_cuda', rel + '/test_a.py::test_marked_by_name',
+                     rel + '/test_b.py']
 
 
 def test_cuda_tests_of_the_suite_include_the_known_gpu_tests():

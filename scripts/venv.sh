@@ -15,9 +15,11 @@ _setup_progress() {
     local n=0 line
     while IFS= read -r line; do
         case "$line" in
-            Collecting*|Obtaining*) n=$((n + 1)); echo "[setup] $n ${line,}";;
+            Collecting*|Obtaining*|Processing*) n=$((n + 1)); echo "[setup] $n ${line,}";;
             *Downloading*) line="${line#"${line%%[![:space:]]*}"}"; echo "[setup]   ${line,}";;
-            "Installing collected packages"*) echo "[setup] unpacking $n packages into .venv ...";;
+            "Installing collected packages"*)
+                echo "[setup] unpacking $(( $(tr -cd , <<<"$line" | wc -c) + 1 )) packages into .venv" \
+                     "(torch, the largest, is ~750 MB: a minute or more) ...";;
             Successfully*) echo "[setup] done: ${line#Successfully }" | cut -c1-160;;
             *ERROR*|*error*|*Error*) echo "$line" >&2;;
         esac
@@ -28,7 +30,7 @@ if [ ! -f "$STAMP" ]; then
     # The first install takes a while: say what, how big, and show each package as it comes.
     echo "[setup] installing pinned dependencies into .venv (pip install -e .[test]): torch 2.13.0"
     echo "[setup]   CPU build (~750 MB installed), scipy, numpy, OpenCV, onnxruntime, matplotlib and"
-    echo "[setup]   the rest, about 1.5 GB in all; a few minutes on a first run (measured: see README)"
+    echo "[setup]   the rest, about 1.5 GB in all; 1.5 minutes here from a package cache, more to download"
     "$VENV/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
         -e "$ROOT[test]" 2>&1 | _setup_progress
     rm -f "$VENV"/.installed-*

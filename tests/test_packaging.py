@@ -94,7 +94,8 @@ def test_first_install_shows_one_line_per_package_with_download_sizes_and_errors
         '[setup] 2 collecting torch==2.13.0 (from torchcaffe-fcn==0.1.0)',
         '[setup]   downloading torch-2.13.0-cp311-none-linux_x86_64.whl (750.2 MB)',
         '[setup] 3 collecting numpy==2.4.6 (from torchcaffe-fcn==0.1.0)',
-        '[setup] unpacking 3 packages into .venv ...',
+        '[setup] unpacking 2 packages into .venv (torch, the largest, is ~750 MB: a minute or '
+        'more) ...',
         '[setup] done: installed numpy-2.4.6 torch-2.13.0',
     ]
     assert done.stderr.startswith('ERROR: pip')

@@ -252,3 +252,131 @@ def test_resnet_snapshot_restore_continue_equals_an_uninterrupted_run(resnet, tm
             np.testing.assert_array_equal(a.data, b.data, err_msg=name)
     for a, b in zip(straight.history, resumed.history):
         np.testing.assert_array_equal(a, b)
+
+
+# ======================================================================== 2. CIFAR-10-full-style
+
+CIFAR_CLASSES = 3
+CIFAR_SCALE = 0.00390625
+
+
+def cifar_prototxt(train_lmdb, test_lmdb, mean_file):
+    """Caffe's cifar10_full_train_test layout at 12 x 12: three conv / pool / ReLU
+    stages, LRN within channel after the first two, an InnerProduct classifier."""
+    data = '''
+layer { name: "cifar" type: "Data" top: "data" top: "label" include { phase: %s }
+  transform_param { mean_file: "%s" scale: %r }
+  data_param { source: "%s" batch_size: 8 backend: LMDB } }'''
+    stage = '''
+layer { name: "conv%(i)d" type: "Convolution" bottom: "%(b)s" top: "conv%(i)d"
+  param { lr_mult: 1 } param { lr_mult: 2 }
+  convolution_param { num_output: %(o)d pad: 2 kernel_size: 5 stride: 1
+    weight_filler { type: "gaussian" std: %(std)r } bias_filler { type: "constant" } } }'''
+    pool = '''
+layer { name: "pool%(i)d" type: "Pooling" bottom: "conv%(i)d" top: "pool%(i)d"
+  pooling_param { pool: %(kind)s kernel_size: 3 stride: 2 } }'''
+    relu = '\nlayer { name: "relu%(i)d" type: "ReLU" bottom: "%(t)s" top: "%(t)s" }'
+    norm = '''
+layer { name: "norm%(i)d" type: "LRN" bottom: "pool%(i)d" top: "norm%(i)d"
+  lrn_param { local_size: 3 alpha: 5e-05 beta: 0.75 norm_region: WITHIN_CHANNEL } }'''
+    return ('name: "CIFAR10_full_tiny"'
+            + data % ('TRAIN', mean_file, CIFAR_SCALE, train_lmdb)
+            + data % ('TEST', mean_file, CIFAR_SCALE, test_lmdb)
+            # conv1 -> pool1 (MAX) -> relu1 -> norm1, as cifar10_full pools before ReLU
+            + stage % dict(i=1, b='data', o=8, std=0.3) + pool % dict(i=1, kind='MAX')
+            + relu % dict(i=1, t='pool1') + norm % dict(i=1)
+            + stage % dict(i=2, b='norm1', o=8, std=0.3) + relu % dict(i=2, t='conv2')
+            + pool % dict(i=2, kind='AVE') + norm % dict(i=2)
+            + stage % dict(i=3, b='norm2', o=8, std=0.3) + relu % dict(i=3, t='conv3')
+            + pool % dict(i=3, kind='AVE') + '''
+layer { name: "ip1" type: "InnerProduct" bottom: "pool3" top: "ip1"
+  param { lr_mult: 1 decay_mult: 250 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: %d
+    weight_filler { type: "gaussian" std: 0.3 } bias_filler { type: "constant" } } }
+layer { name: "accuracy" type: "Accuracy" bottom: "ip1" bottom: "label" top: "accuracy"
+  include { phase: TEST } }
+layer { name: "loss" type: "SoftmaxWithLoss" bottom: "ip1" bottom: "label" top: "loss" }
+''' % CIFAR_CLASSES)
+
+
+def colour_images(folder, split, count, seed):
+    """``count`` 12 x 12 RGB PNGs whose class is their brightest channel (R, G or B),
+    and the list file ``<split>.txt``; returns the list and the RGB arrays."""
+    rng = np.random.default_rng(seed)
+    os.makedirs(os.path.join(folder, split), exist_ok=True)
+    lines, images = [], []
+    for i in range(count):
+        label = i % CIFAR_CLASSES
+        rgb = rng.integers(0, 120, (12, 12, 3))
+        rgb[:, :, label] += 120
+        rgb = rgb.astype(np.uint8)
+        name = '%s/%03d.png' % (split, i)
+        Image.fromarray(rgb).save(os.path.join(folder, name))
+        lines.append('%s %d' % (name, label))
+        images.append(rgb)
+    return write(os.path.join(folder, split + '.txt'), '\n'.join(lines) + '\n'), images
+
+
+@pytest.fixture(scope='module')
+def cifar(tmp_path_factory):
+    """The CIFAR-style model's files: LMDBs made by convert_imageset, the mean by
+    compute_image_mean, the net and an SGD solver; and the training images."""
+    folder = str(tmp_path_factory.mktemp('cifar'))
+    root = folder + '/'
+    train_list, train_images = colour_images(folder, 'train', 24, seed=3)
+    test_list, _ = colour_images(folder, 'test', 9, seed=4)
+    train_db, test_db = os.path.join(folder, 'train_lmdb'), os.path.join(folder, 'test_lmdb')
+    assert convert_imageset.main([root, train_list, train_db]) == 0
+    assert convert_imageset.main([root, test_list, test_db]) == 0
+    mean_file = os.path.join(folder, 'mean.binaryproto')
+    assert compute_image_mean.main([train_db, mean_file]) == 0
+    net = write(os.path.join(folder, 'cifar10_full_train_test.prototxt'),
+                cifar_prototxt(train_db, test_db, mean_file))
+    solver = write(os.path.join(folder, 'cifar10_full_solver.prototxt'), '''
+# cifar10_full_solver's shape; 10 x its rate so that 24 iterations show learning
+net: "%s"
+test_iter: 1
+test_interval: 1000
+base_lr: 0.01
+momentum: 0.9
+weight_decay: 0.004
+lr_policy: "fixed"
+display: 0
+max_iter: 24
+random_seed: 3
+solver_mode: CPU
+''' % net)
+    return dict(net=net, solver=solver, mean=mean_file, root=root, list=train_list,
+                images=np.stack(train_images))
+
+
+def test_cifar_data_layer_batches_are_the_pngs_mean_subtracted_and_scaled(cifar):
+    blob = caffe_pb2.BlobProto.FromString(open(cifar['mean'], 'rb').read())
+    mean = np.asarray(blob.data, dtype=f32).reshape(3, 12, 12)
+    # the PNGs read back by hand, in list order: RGB -> BGR, HWC -> CHW
+    bgr, labels = [], []
+    for line in open(cifar['list']):
+        name, label = line.split()
+        rgb = np.asarray(Image.open(os.path.join(cifar['root'], name)))
+        bgr.append(rgb[:, :, ::-1].transpose(2, 0, 1).astype(f32))
+        labels.append(int(label))
+    np.testing.assert_array_equal(np.stack(bgr)[:, ::-1].transpose(0, 2, 3, 1), cifar['images'])
+    np.testing.assert_allclose(mean, np.mean(bgr, axis=0), rtol=1e-6)
+    net = caffe.Net(cifar['net'], caffe.TRAIN)
+    for batch in range(4):  # 24 records, 8 a batch: the fourth batch wraps to the first
+        net.forward(end='cifar')
+        rows = [(8 * batch + k) % 24 for k in range(8)]
+        expected = np.stack([(bgr[r] - mean) * f32(CIFAR_SCALE) for r in rows])
+        np.testing.assert_array_equal(net.blobs['data'].data, expected)
+        assert net.blobs['label'].data.tolist() == [labels[r] for r in rows]
+
+
+def test_cifar_full_style_net_with_lrn_within_channel_trains_with_sgd(cifar):
+    solver = caffe.get_solver(cifar['solver'])
+    assert type(solver) is caffe.SGDSolver
+    assert [l.type for l in solver.net.layers].count('LRN') == 2
+    losses = losses_of(solver, 24)
+    assert clearly_decreased(losses, factor=0.3), losses
+    test = solver.test_nets[0]
+    test.share_with(solver.net)
+    assert test.forward()['accuracy'] >= 7 / 8  # 8 held-out images

@@ -254,3 +254,58 @@ def test_coord_map_refusals_are_assertion_errors_with_their_message():
         coord_map_from_to(n.up, other.x)
     with pytest.raises(RuntimeError):  # what pycaffe raises there
         coord_map_from_to(n.up, other.x)
+
+
+NET_SPEC = '''
+import json
+import sys
+
+import caffe
+from caffe import layers as L, params as P
+
+
+def lenet(batch_size):
+    n = caffe.NetSpec()
+    n.data, n.label = L.DummyData(shape=[dict(dim=[batch_size, 1, 28, 28]),
+                                         dict(dim=[batch_size, 1, 1, 1])],
+                                  data_filler=[dict(type='constant', value=0.5),
+                                               dict(type='constant', value=3)],
+                                  ntop=2)
+    n.conv1 = L.Convolution(n.data, kernel_size=5, num_output=4,
+                            weight_filler=dict(type='constant', value=0.01))
+    n.pool1 = L.Pooling(n.conv1, kernel_size=2, stride=2, pool=P.Pooling.MAX)
+    n.ip1 = L.InnerProduct(n.pool1, num_output=10, weight_filler=dict(type='xavier'))
+    n.relu1 = L.ReLU(n.ip1, in_place=True)
+    n.loss = L.SoftmaxWithLoss(n.ip1, n.label)
+    return n.to_proto()
+
+
+with open(sys.argv[1], 'w') as f:
+    f.write(str(lenet(3)))
+caffe.set_mode_cpu()
+net = caffe.Net(sys.argv[1], caffe.TRAIN)
+out = net.forward()
+print(json.dumps(dict(loss=float(out['loss']), conv1=net.blobs['conv1'].data.tolist(),
+                      ip1=net.blobs['ip1'].data.tolist(),
+                      label=net.blobs['label'].data.ravel().tolist(),
+                      shapes={k: list(v.data.shape) for k, v in net.blobs.items()},
+                      types=[layer.type for layer in net.layers])))
+'''
+
+
+def test_a_net_spec_script_with_dummy_data_runs_unchanged(tmp_path):
+    out = json.loads(run_script(tmp_path, NET_SPEC, tmp_path / 'lenet.prototxt'))
+    assert out['types'] == ['DummyData', 'Convolution', 'Pooling', 'InnerProduct', 'ReLU',
+                            'SoftmaxWithLoss']
+    assert out['shapes']['data'] == [3, 1, 28, 28] and out['shapes']['label'] == [3, 1, 1, 1]
+    assert out['shapes']['conv1'] == [3, 4, 24, 24] and out['shapes']['ip1'] == [3, 10]
+    # constant data 0.5 and weights 0.01 over a 5 x 5 window, bias 0: 25 * 0.005
+    np.testing.assert_allclose(out['conv1'], 0.125, rtol=1e-6)
+    assert out['label'] == [3.0, 3.0, 3.0]
+    scores = np.array(out['ip1'], np.float64)  # after the in-place ReLU
+    assert (scores >= 0).all()
+    log_p = scores - scores.max(1, keepdims=True)
+    log_p -= np.log(np.exp(log_p).sum(1, keepdims=True))
+    assert out['loss'] == pytest.approx(-log_p[:, 3].mean(), rel=1e-5)
+    written = (tmp_path / 'lenet.prototxt').read_text()
+    assert 'type: "DummyData"' in written and 'num_output: 10' in written

@@ -19,13 +19,16 @@ Scale / ReLU, data layers over files the tests make, a solver.prototxt picked by
 
 Every task is separable or memorisable, so "the loss decreases" is a real check.
 """
+import importlib
 import math
 import os
+import re
 
 import h5py
 import numpy as np
 import pytest
 import torch
+from google.protobuf import text_format
 from PIL import Image
 
 try:
@@ -34,6 +37,7 @@ try:
         raise ImportError
 except ImportError:
     import torchcaffe as caffe
+draw = importlib.import_module(caffe.__name__ + '.draw')  # caffe.draw, if it is torchcaffe's
 from torchcaffe import caffe_pb2
 from torchcaffe.tools import compute_image_mean, convert_imageset
 
@@ -380,3 +384,356 @@ def test_cifar_full_style_net_with_lrn_within_channel_trains_with_sgd(cifar):
     test = solver.test_nets[0]
     test.share_with(solver.net)
     assert test.forward()['accuracy'] >= 7 / 8  # 8 held-out images
+
+
+# ======================================================================== 3. MNIST-autoencoder-style
+
+AUTOENCODER = '''
+name: "MNISTAutoencoderTiny"
+layer { name: "data" type: "MemoryData" top: "data" top: "label"
+  memory_data_param { batch_size: 8 channels: 1 height: 6 width: 6 } }
+layer { name: "silence" type: "Silence" bottom: "label" }
+layer { name: "flatdata" type: "Flatten" bottom: "data" top: "flatdata" }
+layer { name: "encode1" type: "InnerProduct" bottom: "data" top: "encode1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+  inner_product_param { num_output: 16
+    weight_filler { type: "gaussian" std: 1 sparse: 6 } bias_filler { type: "constant" } } }
+layer { name: "encode1neuron" type: "Sigmoid" bottom: "encode1" top: "encode1neuron" }
+layer { name: "encode2" type: "InnerProduct" bottom: "encode1neuron" top: "encode2"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+  inner_product_param { num_output: 4
+    weight_filler { type: "gaussian" std: 1 sparse: 6 } bias_filler { type: "constant" } } }
+layer { name: "decode2" type: "InnerProduct" bottom: "encode2" top: "decode2"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+  inner_product_param { num_output: 16
+    weight_filler { type: "gaussian" std: 1 sparse: 4 } bias_filler { type: "constant" } } }
+layer { name: "decode2neuron" type: "Sigmoid" bottom: "decode2" top: "decode2neuron" }
+layer { name: "decode1" type: "InnerProduct" bottom: "decode2neuron" top: "decode1"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 1 decay_mult: 0 }
+  inner_product_param { num_output: 36
+    weight_filler { type: "gaussian" std: 1 sparse: 6 } bias_filler { type: "constant" } } }
+layer { name: "loss" type: "SigmoidCrossEntropyLoss" bottom: "decode1" bottom: "flatdata"
+  top: "cross_entropy_loss" loss_weight: 1 }
+layer { name: "decode1neuron" type: "Sigmoid" bottom: "decode1" top: "decode1neuron" }
+layer { name: "loss" type: "EuclideanLoss" bottom: "decode1neuron" bottom: "flatdata"
+  top: "l2_error" loss_weight: 0 }
+'''
+
+
+def autoencoder_inputs():
+    """8 binary 6 x 6 'digits' (a bar, its transpose, crosses ...) and zero labels."""
+    rng = np.random.default_rng(21)
+    data = (rng.random((8, 1, 6, 6)) < 0.3).astype(f32)
+    data[0, 0, 2, :] = data[1, 0, :, 2] = 1
+    return data, np.zeros((8, 1, 1, 1), f32)
+
+
+@pytest.fixture
+def autoencoder(tmp_path):
+    net = write(tmp_path / 'mnist_autoencoder.prototxt', AUTOENCODER)
+    solver = write(tmp_path / 'mnist_autoencoder_solver_adagrad.prototxt', '''
+net: "%s"
+type: "AdaGrad"
+base_lr: 0.1  # 10 x the example's, for a 40-iteration test
+delta: 1e-8
+lr_policy: "fixed"
+weight_decay: 0.0005
+display: 0
+max_iter: 40
+random_seed: 5
+''' % net)
+    return solver, net
+
+
+def test_autoencoder_trains_on_the_cross_entropy_and_reports_the_zero_weight_l2(autoencoder):
+    solver = caffe.get_solver(autoencoder[0])
+    assert isinstance(solver, caffe.AdaGradSolver)
+    data, labels = autoencoder_inputs()
+    solver.net.set_input_arrays(data, labels)
+    cross_entropy, l2 = [], []
+    for _ in range(40):
+        solver.step(1)
+        cross_entropy.append(float(solver.net.blobs['cross_entropy_loss'].data))
+        l2.append(float(solver.net.blobs['l2_error'].data))
+    assert clearly_decreased(cross_entropy, factor=0.8), cross_entropy
+    assert clearly_decreased(l2, factor=0.8), l2  # computed, though not trained on
+    # the solver's loss is the weighted sum: the cross-entropy alone
+    assert solver.smoothed_loss == pytest.approx(cross_entropy[-1], rel=1e-6)
+
+
+def test_autoencoder_reconstruction_gradient_comes_from_the_cross_entropy_alone(autoencoder):
+    # SigmoidCrossEntropyLoss normalises by the batch (its BATCH_SIZE default), and the
+    # loss_weight 0 EuclideanLoss sends nothing back through its Sigmoid.
+    net = caffe.Net(autoencoder[1], caffe.TRAIN)
+    data, labels = autoencoder_inputs()
+    net.set_input_arrays(data, labels)
+    net.forward()
+    net.backward()
+    x = net.blobs['decode1'].data.astype(np.float64)
+    target = data.reshape(8, 36).astype(np.float64)
+    sigmoid = 1 / (1 + np.exp(-x))
+    np.testing.assert_allclose(net.blobs['decode1'].diff, (sigmoid - target) / 8,
+                               rtol=1e-5, atol=1e-7)
+    expected_ce = -np.sum(target * np.log(sigmoid) + (1 - target) * np.log(1 - sigmoid)) / 8
+    assert float(net.blobs['cross_entropy_loss'].data) == pytest.approx(expected_ce, rel=1e-5)
+    expected_l2 = np.sum((sigmoid - target) ** 2) / 2 / 8
+    assert float(net.blobs['l2_error'].data) == pytest.approx(expected_l2, rel=1e-5)
+    assert net.blob_loss_weights['l2_error'] == 0
+    assert not net.blobs['decode1neuron'].diff.any()
+
+
+# ======================================================================== 4. Siamese
+
+def siamese_prototxt(shared=True):
+    """mnist_siamese_train_test's layout on 4 x 4 'images': pair_data sliced into the
+    two inputs, two towers ip1 -> ReLU -> ip2 (feat), ContrastiveLoss on the pair.
+    ``shared`` names the params so that both towers use one set (Caffe's way)."""
+    def param(name):
+        return 'param { name: "%s" lr_mult: 1 }' % name if shared else 'param { lr_mult: 1 }'
+
+    def tower(suffix, bottom, top):
+        return '''
+layer { name: "ip1%(s)s" type: "InnerProduct" bottom: "%(b)s" top: "ip1%(s)s"
+  %(w1)s %(b1)s inner_product_param { num_output: 8
+    weight_filler { type: "xavier" } bias_filler { type: "constant" value: 0.1 } } }
+layer { name: "relu1%(s)s" type: "ReLU" bottom: "ip1%(s)s" top: "ip1%(s)s" }
+layer { name: "ip2%(s)s" type: "InnerProduct" bottom: "ip1%(s)s" top: "%(t)s"
+  %(w2)s %(b2)s inner_product_param { num_output: 2
+    weight_filler { type: "xavier" } bias_filler { type: "constant" } } }
+''' % dict(s=suffix, b=bottom, t=top, w1=param('ip1_w'), b1=param('ip1_b'),
+           w2=param('ip2_w'), b2=param('ip2_b'))
+
+    return ('''name: "siamese_tiny"
+layer { name: "pair_data" type: "Input" top: "pair_data" top: "sim"
+  input_param { shape { dim: 16 dim: 2 dim: 4 dim: 4 } shape { dim: 16 } } }
+layer { name: "slice_pair" type: "Slice" bottom: "pair_data" top: "data" top: "data_p"
+  slice_param { slice_dim: 1 slice_point: 1 } }'''
+            + tower('', 'data', 'feat') + tower('_p', 'data_p', 'feat_p') + '''
+layer { name: "loss" type: "ContrastiveLoss" bottom: "feat" bottom: "feat_p" bottom: "sim"
+  top: "loss" contrastive_loss_param { margin: 1 } }
+''')
+
+
+def siamese_pairs():
+    """16 pairs of 4 x 4 images drawn around 4 prototypes; sim = same prototype."""
+    rng = np.random.default_rng(8)
+    prototypes = rng.normal(0, 1, (4, 4, 4))
+    i = np.arange(16)
+    first = i % 4
+    second = (first + np.where(i % 2 == 0, 0, 1 + (i // 2) % 3)) % 4  # odd i: another one
+    pairs = np.stack([prototypes[first], prototypes[second]], axis=1)
+    pairs += rng.normal(0, 0.1, pairs.shape)
+    return pairs.astype(f32), (first == second).astype(f32)
+
+
+def siamese_net(tmp_path, shared, seed=4):
+    path = write(tmp_path / ('siamese_%s.prototxt' % shared), siamese_prototxt(shared))
+    caffe.set_random_seed(seed)
+    net = caffe.Net(path, caffe.TRAIN)
+    pairs, sim = siamese_pairs()
+    net.blobs['pair_data'].data[...] = pairs
+    net.blobs['sim'].data[...] = sim
+    return net
+
+
+def test_siamese_towers_share_one_set_of_params_by_name(tmp_path):
+    net = siamese_net(tmp_path, shared=True)
+    assert len(net.learnable_params) == 4  # ip1_w, ip1_b, ip2_w, ip2_b once each
+    net.params['ip1'][0].data[0, 0] = 3.0
+    assert net.params['ip1_p'][0].data[0, 0] == 3.0
+    pairs, sim = siamese_pairs()
+    assert sim.sum() == 8  # as many similar pairs as dissimilar ones
+
+
+def test_siamese_shared_param_diff_is_the_sum_of_both_towers_diffs(tmp_path):
+    shared = siamese_net(tmp_path, shared=True)
+    unshared = siamese_net(tmp_path, shared=False)
+    for name in ('ip1', 'ip2'):
+        for k in range(2):
+            for twin in (name, name + '_p'):
+                unshared.params[twin][k].data[...] = shared.params[name][k].data
+    for net in (shared, unshared):
+        net.forward()
+        net.backward()
+    assert float(shared.blobs['loss'].data) == float(unshared.blobs['loss'].data)
+    for name in ('ip1', 'ip2'):
+        for k in range(2):
+            towers = unshared.params[name][k].diff + unshared.params[name + '_p'][k].diff
+            assert np.abs(unshared.params[name + '_p'][k].diff).max() > 0
+            np.testing.assert_allclose(shared.params[name][k].diff, towers,
+                                       rtol=1e-5, atol=1e-7, err_msg='%s %d' % (name, k))
+            np.testing.assert_array_equal(shared.params[name + '_p'][k].diff,
+                                          shared.params[name][k].diff)
+
+
+def test_siamese_shared_weight_gradient_matches_a_float64_finite_difference(tmp_path):
+    net = siamese_net(tmp_path, shared=True).to(torch.float64)
+    net.forward()
+    net.backward()
+    weight = net.params['ip1'][0]
+    for index in [(0, 0), (3, 9), (7, 15)]:
+        analytic = weight.diff[index]
+        original = weight.data[index]
+        h = 1e-6
+        weight.data[index] = original + h
+        plus = float(net.forward()['loss'])
+        weight.data[index] = original - h
+        minus = float(net.forward()['loss'])
+        weight.data[index] = original
+        numeric = (plus - minus) / (2 * h)
+        # Caffe's dissimilar-pair gradient divides by d + 1e-4, not d
+        # (contrastive_loss_layer.cpp): about 1e-4 relative off the true derivative.
+        assert analytic == pytest.approx(numeric, rel=1e-3), index
+        assert analytic != 0
+
+
+def test_siamese_net_learns_to_pull_similar_pairs_together(tmp_path):
+    net = write(tmp_path / 'mnist_siamese_train_test.prototxt', siamese_prototxt())
+    solver = write(tmp_path / 'mnist_siamese_solver.prototxt', '''
+net: "%s"
+base_lr: 0.05
+momentum: 0.9
+lr_policy: "inv"
+gamma: 0.0001
+power: 0.75
+display: 0
+max_iter: 40
+random_seed: 4
+''' % net)
+    solver = caffe.get_solver(solver)
+    pairs, sim = siamese_pairs()
+
+    def feed(net, _):
+        net.blobs['pair_data'].data[...] = pairs
+        net.blobs['sim'].data[...] = sim
+    losses = losses_of(solver, 40, feed=feed)
+    assert clearly_decreased(losses, factor=0.5), losses
+    feat, feat_p = solver.net.blobs['feat'].data, solver.net.blobs['feat_p'].data
+    distance = np.linalg.norm(feat - feat_p, axis=1)
+    assert distance[sim == 1].max() < distance[sim == 0].min()
+
+
+# ======================================================================== 5. Sequence (LRCN-style)
+
+VOCAB, STEPS, STREAMS = 6, 10, 2
+
+SEQUENCE = '''
+name: "lstm_language_model_tiny"
+layer { name: "input_sentence" type: "Input" top: "input_sentence"
+  input_param { shape { dim: %(t)d dim: %(n)d } } }
+layer { name: "cont_sentence" type: "Input" top: "cont_sentence"
+  input_param { shape { dim: %(t)d dim: %(n)d } } }
+layer { name: "target_sentence" type: "Input" top: "target_sentence"
+  input_param { shape { dim: %(t)d dim: %(n)d } } }
+layer { name: "embedding" type: "Embed" bottom: "input_sentence"
+  top: "embedded_input_sentence" param { lr_mult: 1 }
+  embed_param { bias_term: false input_dim: %(v)d num_output: 8
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 } } }
+layer { name: "lstm1" type: "LSTM" bottom: "embedded_input_sentence" bottom: "cont_sentence"
+  top: "lstm1"
+  recurrent_param { num_output: 16
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "predict" type: "InnerProduct" bottom: "lstm1" top: "predict"
+  param { lr_mult: 1 decay_mult: 1 } param { lr_mult: 2 decay_mult: 0 }
+  inner_product_param { num_output: %(v)d axis: 2
+    weight_filler { type: "uniform" min: -0.08 max: 0.08 }
+    bias_filler { type: "constant" value: 0 } } }
+layer { name: "cross_entropy_loss" type: "SoftmaxWithLoss" bottom: "predict"
+  bottom: "target_sentence" top: "cross_entropy_loss" loss_weight: 20
+  loss_param { ignore_label: -1 } softmax_param { axis: 2 } }
+''' % dict(t=STEPS, n=STREAMS, v=VOCAB)
+
+
+def sentences():
+    """Two streams of tokens, a new sequence at t = 0 (cont 0), each target the next
+    token; stream 1 is shorter and padded (token 0, target -1: ignored), as LRCN pads."""
+    stream0 = [0, 1, 2, 3, 4, 5, 0, 1, 2, 3, 4]
+    stream1 = [5, 3, 1, 4, 2, 0, 5, 3, 1]
+    tokens = np.zeros((STEPS, STREAMS), f32)
+    target = np.full((STEPS, STREAMS), -1, f32)
+    for n, stream in enumerate((stream0, stream1)):
+        length = min(len(stream) - 1, STEPS)
+        tokens[:length, n] = stream[:length]
+        target[:length, n] = stream[1:length + 1]
+    cont = np.ones((STEPS, STREAMS), f32)
+    cont[0] = 0
+    return dict(input_sentence=tokens, cont_sentence=cont, target_sentence=target)
+
+
+@pytest.fixture
+def sequence_solver(tmp_path):
+    net = write(tmp_path / 'lstm_lm.prototxt', SEQUENCE)
+    return write(tmp_path / 'lstm_lm_solver.prototxt', '''
+net: "%s"
+type: "AdaDelta"
+base_lr: 5.0  # 5 x the AdaDelta examples' 1.0: a 30-iteration test
+momentum: 0.95
+delta: 1e-6
+lr_policy: "fixed"
+display: 0
+max_iter: 30
+random_seed: 9
+''' % net)
+
+
+def test_embed_lstm_language_model_memorises_its_sequence_with_adadelta(sequence_solver):
+    solver = caffe.get_solver(sequence_solver)
+    assert isinstance(solver, caffe.AdaDeltaSolver)
+    inputs = sentences()
+
+    def feed(net, _):
+        for name, value in inputs.items():
+            net.blobs[name].data[...] = value
+    losses = losses_of(solver, 30, blob='cross_entropy_loss', feed=feed)
+    assert losses[0] == pytest.approx(math.log(VOCAB), abs=0.05)  # small uniform weights
+    assert clearly_decreased(losses, factor=0.2), losses
+    net = solver.net
+    predict = net.blobs['predict'].data
+    assert predict.shape == (STEPS, STREAMS, VOCAB)
+    target = inputs['target_sentence']
+    kept = target != -1
+    np.testing.assert_array_equal(predict.argmax(axis=2)[kept], target[kept])
+    # padded steps (target -1) send no gradient back; inputs as pycaffe's keywords
+    net.forward(**inputs)
+    net.backward()
+    assert not net.blobs['predict'].diff[~kept].any()
+    assert net.blobs['predict'].diff[kept].any()
+
+
+# ======================================================================== 6. every model
+
+MODELS = {
+    'resnet': lambda: resnet_prototxt('train_h5.txt', 'test_h5.txt'),
+    'cifar10_full': lambda: cifar_prototxt('train_lmdb', 'test_lmdb', 'mean.binaryproto'),
+    'mnist_autoencoder': lambda: AUTOENCODER,
+    'siamese': siamese_prototxt,
+    'lstm_language_model': lambda: SEQUENCE,
+}
+
+
+@pytest.mark.parametrize('model', sorted(MODELS))
+def test_every_layer_type_of_the_model_is_registered(model):
+    proto = text_format.Parse(MODELS[model](), caffe_pb2.NetParameter())
+    types = {layer.type for layer in proto.layer}
+    assert types <= set(caffe.layer_type_list()), types - set(caffe.layer_type_list())
+
+
+@pytest.mark.parametrize('model', sorted(MODELS))
+def test_the_model_draws_every_layer_and_blob_of_each_phase(model):
+    proto = text_format.Parse(MODELS[model](), caffe_pb2.NetParameter())
+    for phase in (caffe.TRAIN, caffe.TEST):
+        layers = [layer for layer in proto.layer if draw.layer_in_phase(layer, phase)]
+        blobs = {b for layer in layers for b in list(layer.bottom) + list(layer.top)}
+        graph = draw.get_pydot_graph(proto, 'TB', phase=phase)
+        # in-place layers are nodes of their own; their blob is drawn once
+        assert len(graph.get_nodes()) == len(layers) + len(blobs)
+        assert len(graph.get_edges()) == sum(len(layer.bottom) + len(layer.top)
+                                             for layer in layers)
+    # Graphviz renders it: each TRAIN layer's "name (Type ...)" heads a text of the picture
+    svg = draw.draw_net(proto, 'TB', 'svg', phase=caffe.TRAIN).decode()
+    texts = set(re.findall(r'>([^<]*)</text>', svg))
+    for layer in proto.layer:
+        if draw.layer_in_phase(layer, caffe.TRAIN):
+            label = '%s (%s' % (layer.name, layer.type)  # pooling adds " MAX)"
+            assert any(t.startswith(label) for t in texts), label

@@ -31,15 +31,17 @@ import torch
 from google.protobuf import text_format
 from PIL import Image
 
-try:
-    import caffe
-    if caffe.Net is not __import__('torchcaffe').Net:  # a real Caffe came first
-        raise ImportError
-except ImportError:
-    import torchcaffe as caffe
-draw = importlib.import_module(caffe.__name__ + '.draw')  # caffe.draw, if it is torchcaffe's
+import torchcaffe
 from torchcaffe import caffe_pb2
 from torchcaffe.tools import compute_image_mean, convert_imageset
+
+try:  # as users' scripts say it; torchcaffe's own name if a real Caffe comes first
+    import caffe
+    if caffe.Net is not torchcaffe.Net:
+        caffe = torchcaffe
+except ImportError:
+    caffe = torchcaffe
+draw = importlib.import_module(caffe.__name__ + '.draw')  # caffe.draw
 
 f32 = np.float32
 
@@ -76,7 +78,7 @@ def clearly_decreased(losses, factor=0.7, window=5):
     return np.all(np.isfinite(losses)) and last < factor * first
 
 
-# ======================================================================== 1. ResNet-style
+# ---- 1. ResNet-style ----
 
 RESNET_CLASSES = 2
 
@@ -206,10 +208,23 @@ def test_batchnorm_running_statistics_accumulate_in_train(resnet):
         expected = expected * f32(0.999) + f32(1)
     assert factor[0] == pytest.approx(expected, rel=1e-6)
     assert mean_sum.any() and (var_sum > 0).all()
-    # every BatchNorm's statistics moved, and no solver touched them (lr_mult 0)
-    for name in solver.net.params:
+    for name in solver.net.params:  # every BatchNorm saw the 30 TRAIN forwards
         if name.startswith('bn_'):
             assert solver.net.params[name][2].data[0] == factor[0], name
+    # one more TRAIN forward, by hand: the conv's output, then the in-place bn on it
+    saved = [b.data.astype(np.float64) for b in solver.net.params['bn_conv1']]
+    solver.net.forward(end='conv1')
+    x = solver.net.blobs['conv1'].data.astype(np.float64)
+    solver.net.forward(start='bn_conv1', end='bn_conv1')
+    m = x.size // x.shape[1]  # N * H * W values per channel
+    mean, var = x.mean((0, 2, 3)), x.var((0, 2, 3))
+    got = [b.data for b in solver.net.params['bn_conv1']]
+    np.testing.assert_allclose(got[0], 0.999 * saved[0] + mean, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(got[1], 0.999 * saved[1] + var * m / (m - 1), rtol=1e-5)
+    assert got[2][0] == pytest.approx(0.999 * saved[2][0] + 1, rel=1e-6)
+    np.testing.assert_allclose(solver.net.blobs['conv1'].data,
+                               (x - mean[:, None, None]) / np.sqrt(var[:, None, None] + 1e-5),
+                               rtol=1e-4, atol=1e-5)
 
 
 def test_test_phase_batchnorm_normalises_with_the_stored_statistics(resnet, tmp_path):
@@ -258,7 +273,7 @@ def test_resnet_snapshot_restore_continue_equals_an_uninterrupted_run(resnet, tm
         np.testing.assert_array_equal(a, b)
 
 
-# ======================================================================== 2. CIFAR-10-full-style
+# ---- 2. CIFAR-10-full-style ----
 
 CIFAR_CLASSES = 3
 CIFAR_SCALE = 0.00390625
@@ -386,7 +401,7 @@ def test_cifar_full_style_net_with_lrn_within_channel_trains_with_sgd(cifar):
     assert test.forward()['accuracy'] >= 7 / 8  # 8 held-out images
 
 
-# ======================================================================== 3. MNIST-autoencoder-style
+# ---- 3. MNIST-autoencoder-style ----
 
 AUTOENCODER = '''
 name: "MNISTAutoencoderTiny"
@@ -482,7 +497,7 @@ def test_autoencoder_reconstruction_gradient_comes_from_the_cross_entropy_alone(
     assert not net.blobs['decode1neuron'].diff.any()
 
 
-# ======================================================================== 4. Siamese
+# ---- 4. Siamese ----
 
 def siamese_prototxt(shared=True):
     """mnist_siamese_train_test's layout on 4 x 4 'images': pair_data sliced into the
@@ -613,7 +628,7 @@ random_seed: 4
     assert distance[sim == 1].max() < distance[sim == 0].min()
 
 
-# ======================================================================== 5. Sequence (LRCN-style)
+# ---- 5. Sequence (LRCN-style) ----
 
 VOCAB, STEPS, STREAMS = 6, 10, 2
 
@@ -701,7 +716,7 @@ def test_embed_lstm_language_model_memorises_its_sequence_with_adadelta(sequence
     assert net.blobs['predict'].diff[kept].any()
 
 
-# ======================================================================== 6. every model
+# ---- 6. every model ----
 
 MODELS = {
     'resnet': lambda: resnet_prototxt('train_h5.txt', 'test_h5.txt'),

@@ -252,25 +252,40 @@ def test_test_phase_batchnorm_normalises_with_the_stored_statistics(resnet, tmp_
                                   solver.net.params['bn_res2a_branch2a'][0].data)
 
 
-def test_resnet_snapshot_restore_continue_equals_an_uninterrupted_run(resnet, tmp_path):
-    straight = caffe.get_solver(resnet[0])
-    straight_losses = losses_of(straight, 30)
+def assert_resume_is_exact(solver_file, before, after):
+    """``before`` steps, snapshot, a new solver restored from it, ``after`` steps:
+    the same losses, weights (BatchNorm statistics included) and history as
+    ``before + after`` steps of one solver."""
+    straight = caffe.get_solver(solver_file)
+    straight_losses = losses_of(straight, before + after)
 
-    first = caffe.get_solver(resnet[0])
-    first_losses = losses_of(first, 10)
+    first = caffe.get_solver(solver_file)
+    first_losses = losses_of(first, before)
     _, state = first.snapshot()
     del first
-    resumed = caffe.get_solver(resnet[0])
+    resumed = caffe.get_solver(solver_file)
     resumed.restore(state)
-    assert resumed.iter == 10
-    resumed_losses = losses_of(resumed, 20)
+    assert resumed.iter == before
+    resumed_losses = losses_of(resumed, after)
 
     assert first_losses + resumed_losses == straight_losses
     for name, blobs in straight.net.params.items():
         for a, b in zip(blobs, resumed.net.params[name]):
             np.testing.assert_array_equal(a.data, b.data, err_msg=name)
+    assert len(straight.history) == len(resumed.history)
     for a, b in zip(straight.history, resumed.history):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize('kind', ['Nesterov', 'Adam'])
+def test_resnet_snapshot_restore_continue_equals_an_uninterrupted_run(resnet, kind):
+    # 10 iterations of 8 rows stop a third of the way into the second file of an epoch:
+    # the HDF5Data layer goes on from there (torchcaffe.resume_state)
+    solver_file = resnet[0]
+    if kind != 'Nesterov':
+        text = open(solver_file).read().replace('type: "Nesterov"', 'type: "%s"' % kind)
+        solver_file = write(solver_file.replace('.prototxt', '_%s.prototxt' % kind), text)
+    assert_resume_is_exact(solver_file, 10, 20)
 
 
 # ---- 2. CIFAR-10-full-style ----
@@ -364,7 +379,8 @@ display: 0
 max_iter: 24
 random_seed: 3
 solver_mode: CPU
-''' % net)
+snapshot_prefix: "%s/cifar10_full"
+''' % (net, folder))
     return dict(net=net, solver=solver, mean=mean_file, root=root, list=train_list,
                 images=np.stack(train_images))
 
@@ -399,6 +415,11 @@ def test_cifar_full_style_net_with_lrn_within_channel_trains_with_sgd(cifar):
     test = solver.test_nets[0]
     test.share_with(solver.net)
     assert test.forward()['accuracy'] >= 7 / 8  # 8 held-out images
+
+
+def test_cifar_resume_goes_on_reading_the_lmdb_where_the_snapshot_was(cifar):
+    # 3 batches an epoch: 4 iterations stop one batch into the second epoch
+    assert_resume_is_exact(cifar['solver'], 4, 4)
 
 
 # ---- 3. MNIST-autoencoder-style ----

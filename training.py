@@ -141,10 +141,11 @@ def prepare_solver(weights=None, resume=None, solver_file='solver.prototxt', ini
 
     Returns
     -------
-    SGDSolver
+    SGDSolver or one of its subclasses
+        The solver its ``type`` names (``get_solver``: SGD for the FCN references).
     """
     folder = snapshot_dir(solver_file)
-    solver = caffe.SGDSolver(solver_file)
+    solver = caffe.get_solver(solver_file)
     if solver.param.snapshot_prefix:
         remove_stale_temp_files(solver.param.snapshot_prefix)
     if resume == 'latest':

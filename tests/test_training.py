@@ -200,3 +200,13 @@ def test_a_fresh_run_tests_at_every_multiple_and_the_end(monkeypatch):
     tested, solver = _tested_iterations(monkeypatch, start=0, resumed=False)
     assert tested == [6, 12, 18, 20]
     assert solver.snapshots == [20]  # snapshot 0 in the solver: the final one only
+
+
+def test_prepare_solver_builds_the_solver_type_the_prototxt_names(model_dir):
+    import torchcaffe as caffe
+    text = (model_dir / 'solver.prototxt').read_text().replace('momentum: 0.9',
+                                                               'momentum: 0.9\ntype: "Adam"')
+    (model_dir / 'solver.prototxt').write_text(text)
+    with training.working_dir(str(model_dir)):
+        solver = training.prepare_solver()
+    assert type(solver) is caffe.AdamSolver and solver.param.type == 'Adam'

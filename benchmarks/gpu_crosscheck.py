@@ -23,12 +23,21 @@ generator, so CPU and CUDA would drop different units.
 
 For each array: the largest absolute difference, the reference's largest
 magnitude, ``max_rel`` (their ratio) and ``rel_l2`` = ||test - ref|| / ||ref||.
-A part passes when every array's rel_l2 is within ``--tolerance`` (default
-1e-4): float32's unit roundoff is 6e-8, and sums of up to 25,088 terms (fc6)
-through some twenty layers leave errors of order 1e-6 to 1e-5, while a wrong
-layer gives differences of order 1. Single elements may differ more (max_rel)
-where a max-pooling window holds two nearly equal values and the gradient goes
-to the other one; rel_l2 is what the pass/fail uses.
+An array passes when its rel_l2 is within ``--tolerance`` (default 1e-4):
+float32's unit roundoff is 6e-8, and sums of up to 25,088 terms (fc6) through
+some twenty layers leave errors of order 1e-6 to 1e-5 in the forward, while a
+wrong layer gives differences of order 1. The backward can differ more: where
+rounding flips a ReLU's sign or a max-pooling window's winner, that unit's
+gradient is passed or routed elsewhere whole, and at full width a few such
+flips reach 1e-3 in rel_l2 even between CPU float32 and float64. So with
+``--fp64`` (as gpu_check.sh runs it) the CPU float32 run's distance from CPU
+float64 is the baseline: an array of the CUDA comparisons also passes when its
+rel_l2 is at most 10 times the baseline's for that array, i.e. CUDA is no
+further from the exact result than float32 on the CPU is. The baseline itself
+is reported, not judged. The solver's losses and params are continuous in the
+weights and judged by the tolerance alone; its momentum history, a sum of
+gradients, is judged against the backward's baseline for the same param (a
+guide, since the solver reads SBD images where the backward reads noise).
 
 ``--cpu-dry-run`` runs the same code on the CPU only, on a narrow net (width
 1/16) at 64 x 48: the test run is CPU float32, the reference CPU float64.
@@ -62,6 +71,9 @@ SOLVER_FILE = os.path.join(ROOT, 'voc-fcn8s', 'solver.prototxt')
 FULL = dict(size='500x500', width=1.0)
 DRY = dict(size='64x48', width=1 / 16)
 TOLERANCE = 1e-4
+# An array also passes when it is at most this many times further from float64
+# than the CPU's float32 is (see the module's docstring).
+FACTOR = 10.0
 PARTS = ('forward', 'backward', 'solver')
 
 # A run: where it computes and in what.
@@ -128,7 +140,7 @@ def _ratio(num, den):
     return 0.0 if num == 0 else math.inf
 
 
-def compare(test, ref, tolerance):
+def compare(test, ref, tolerance, baseline=None, factor=None):
     """Compare two runs' arrays part by part.
 
     Parameters
@@ -138,25 +150,42 @@ def compare(test, ref, tolerance):
         either are left out.
     tolerance : float
         Largest rel_l2 that passes.
+    baseline : dict, optional
+        Another comparison's result (CPU float32 against float64): an array also
+        passes when its rel_l2 is at most ``factor`` times the baseline's for the
+        same part and name, i.e. when it is no further off than float32 itself
+        (a solver's ``history <param>`` takes the backward's ``<param>``).
+    factor : float
 
     Returns
     -------
     dict : {part: {'ok', 'worst', 'worst_rel_l2', 'arrays': [row, ...]}}, each
-    row a :func:`difference` dict with the array's name and shape.
+    row a :func:`difference` dict with the array's name, shape and ok (and
+    baseline_rel_l2 where a baseline has the array).
     """
     out = {}
     for part in PARTS:
         if part not in test or part not in ref:
             continue
+        base = {}
+        if baseline and part in baseline:
+            base = {r['name']: r['rel_l2'] for r in baseline[part]['arrays']}
+        if baseline and part == 'solver' and 'backward' in baseline:
+            # a param's momentum history sums its gradients: the backward's baseline
+            base = {'history ' + r['name']: r['rel_l2'] for r in baseline['backward']['arrays']}
         rows = []
         for name, array in ref[part].items():
             row = dict(name=name, shape=list(np.shape(array)))
             row.update(difference(test[part][name], array))
+            row['ok'] = math.isfinite(row['rel_l2']) and row['rel_l2'] <= tolerance
+            if name in base:
+                row['baseline_rel_l2'] = base[name]
+                row['ok'] = row['ok'] or (math.isfinite(row['rel_l2'])
+                                          and row['rel_l2'] <= factor * base[name])
             rows.append(row)
         worst = max(rows, key=lambda r: r['rel_l2'])
-        out[part] = dict(ok=all(math.isfinite(r['rel_l2']) and r['rel_l2'] <= tolerance
-                                for r in rows),
-                         worst=worst['name'], worst_rel_l2=worst['rel_l2'], arrays=rows)
+        out[part] = dict(ok=all(r['ok'] for r in rows), worst=worst['name'],
+                         worst_rel_l2=worst['rel_l2'], arrays=rows)
     return out
 
 
@@ -283,27 +312,30 @@ def run_all(case, run, parts=PARTS):
 
 # ------------------------------------------------------------------------ output
 
-def summary_lines(comparisons):
+def summary_lines(comparisons, baselines=()):
     """One line per comparison and part: worst array and its rel_l2."""
     lines = []
     for label, parts in comparisons.items():
         for part, c in parts.items():
+            verdict = 'base' if label in baselines else 'ok' if c['ok'] else 'FAIL'
             lines.append('%-16s %-8s %-4s worst rel_l2 %.3g (%s); max abs diff %.3g'
-                         % (label, part, 'ok' if c['ok'] else 'FAIL', c['worst_rel_l2'],
-                            c['worst'], max(r['max_abs'] for r in c['arrays'])))
+                         % (label, part, verdict, c['worst_rel_l2'], c['worst'],
+                            max(r['max_abs'] for r in c['arrays'])))
     return lines
 
 
 def plan(args):
-    """[(label, test run, reference run, parts)] for the arguments."""
+    """[(label, test run, reference run, parts, baseline label)] for the arguments, in the
+    order they are computed; a comparison that is another's baseline is not judged."""
     if args.cpu_dry_run:
-        return [('cpu32 vs cpu64', 'cpu32', 'cpu64', PARTS)]
-    comparisons = [('cuda32 vs cpu32', 'cuda32', 'cpu32', PARTS)]
-    if args.fp64:
-        fb = ('forward', 'backward')
-        comparisons += [('cuda32 vs cpu64', 'cuda32', 'cpu64', fb),
-                        ('cpu32 vs cpu64', 'cpu32', 'cpu64', fb)]
-    return comparisons
+        return [('cpu32 vs cpu64', 'cpu32', 'cpu64', PARTS, None)]
+    if not args.fp64:
+        return [('cuda32 vs cpu32', 'cuda32', 'cpu32', PARTS, None)]
+    fb = ('forward', 'backward')
+    base = 'cpu32 vs cpu64'
+    return [(base, 'cpu32', 'cpu64', fb, None),
+            ('cuda32 vs cpu64', 'cuda32', 'cpu64', fb, base),
+            ('cuda32 vs cpu32', 'cuda32', 'cpu32', PARTS, base)]
 
 
 def main(argv=None):
@@ -319,7 +351,7 @@ def main(argv=None):
     logger.setLevel(logging.WARNING)  # the solver logs its whole parameter at INFO
     comparisons = plan(args)
     needed = {}
-    for _, test, ref, parts in comparisons:
+    for _, test, ref, parts, _ in comparisons:
         for run in (test, ref):
             needed.setdefault(run, set()).update(parts)
     results, seconds = {}, {}
@@ -334,10 +366,13 @@ def main(argv=None):
                       flush=True)
     finally:
         logger.setLevel(level)
-    done = {label: compare(results[test], results[ref], args.tolerance)
-            for label, test, ref, _ in comparisons}
-    ok = all(c['ok'] for parts in done.values() for c in parts.values())
-    for line in summary_lines(done):
+    done, baselines = {}, {b for *_, b in comparisons if b}
+    for label, test, ref, _, base in comparisons:
+        done[label] = compare(results[test], results[ref], args.tolerance,
+                              done.get(base), FACTOR)
+    ok = all(c['ok'] for label, parts in done.items() if label not in baselines
+             for c in parts.values())
+    for line in summary_lines(done, baselines):
         print(line)
     losses = {run: r['solver']['loss'].tolist() for run, r in results.items() if 'solver' in r}
     for run, values in losses.items():
@@ -345,7 +380,8 @@ def main(argv=None):
     device = torch.cuda.get_device_name() if not args.cpu_dry_run else 'cpu'
     report = dict(ok=ok, device=device, torch=torch.__version__, stage=STAGE,
                   size=size_name(args.size), width=args.width, steps=args.steps,
-                  tolerance=args.tolerance, seconds=time.time() - start, run_seconds=seconds,
+                  tolerance=args.tolerance, factor=FACTOR, baselines=sorted(baselines),
+                  seconds=time.time() - start, run_seconds=seconds,
                   runs={run: [RUNS[run][0], str(RUNS[run][1]).replace('torch.', '')]
                         for run in results},
                   losses=losses, comparisons=done)

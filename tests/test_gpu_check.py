@@ -226,6 +226,25 @@ def test_compare_fails_a_part_with_one_array_over_tolerance_or_not_finite():
     assert not gpu_crosscheck.compare(nan, ref, 1e-4)['forward']['ok']
 
 
+def test_compare_passes_an_array_no_further_off_than_factor_times_the_float32_baseline():
+    ref = {'backward': {'a': np.ones(100), 'b': np.ones(100)}}
+    off = np.ones(100)
+    off[0] = 1.1  # rel_l2 0.01: a flipped ReLU's worth, over the tolerance
+    test = {'backward': {'a': off, 'b': off}}
+    baseline = {'backward': {'arrays': [{'name': 'a', 'rel_l2': 0.002},
+                                        {'name': 'b', 'rel_l2': 0.0002}]}}
+    result = gpu_crosscheck.compare(test, ref, 1e-4, baseline, 10.0)['backward']
+    rows = {r['name']: r for r in result['arrays']}
+    assert rows['a']['ok'] and rows['a']['baseline_rel_l2'] == 0.002
+    assert not rows['b']['ok'] and not result['ok']  # 0.01 > 10 x 0.0002
+    assert not gpu_crosscheck.compare(test, ref, 1e-4)['backward']['ok']
+    # a solver's momentum history is held to the backward's baseline of its param
+    solver = gpu_crosscheck.compare({'solver': {'history a': off, 'loss': np.ones(2)}},
+                                    {'solver': {'history a': np.ones(100), 'loss': np.ones(2)}},
+                                    1e-4, baseline, 10.0)['solver']
+    assert solver['ok'] and solver['arrays'][0]['baseline_rel_l2'] == 0.002
+
+
 def test_difference_of_a_zero_reference_is_zero_only_when_equal():
     assert gpu_crosscheck.difference(np.zeros(3), np.zeros(3))['rel_l2'] == 0
     assert gpu_crosscheck.difference(np.ones(3), np.zeros(3))['rel_l2'] == math.inf

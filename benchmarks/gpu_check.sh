@@ -8,14 +8,16 @@
 #
 # Steps, in this order (each under `timeout`; a failure is recorded and the next step runs):
 #   env         nvidia-smi, Python, torch, CUDA, cuDNN, device -> env.json, nvidia-smi.txt
+#   demo_fp32, demo_bf16   demo.py --gpu 0 at its full schedule, both at once on the one GPU, in
+#               the background beside cuda_tests and crosscheck (none of these is timed; the
+#               demos' mean IU per stage is the result) -> logs/demo_*.log
 #   cuda_tests  every test that skips without CUDA (benchmarks/gpu_report.py cuda-tests lists
 #               them), pytest -rA -> cuda-tests.xml (JUnit) and logs/cuda_tests.log
 #   crosscheck  benchmarks/gpu_crosscheck.py: FCN-8s 500x500 forward, backward and 5 SGD steps,
 #               CUDA fp32 against CPU fp32 (and both against CPU fp64) -> crosscheck.json
+#   (the demos are waited for here, so that the benchmarks have the machine to themselves)
 #   bench_fp32  benchmarks/bench_fcn.py --gpu, FCN-32s and FCN-8s at 500x500 and 500x375,
 #               engine and nn.Module -> bench-fp32.json
-#   demo_fp32, demo_bf16   demo.py --gpu 0 at its full schedule, both at once on the one GPU
-#               (their mean IU is the result; their stage times share the GPU) -> logs/demo_*.log
 #   bench_bf16, bench_tf32 as bench_fp32 in the other precisions -> bench-bf16.json, bench-tf32.json
 #   summary     benchmarks/gpu_report.py summary: summary.json (every step's status, seconds,
 #               budget and numbers) and report.md (the tables, ready for the README)
@@ -180,6 +182,19 @@ if wanted env env; then
     run_step env 60 "$PY" benchmarks/gpu_report.py env "$OUT/env.json"
 fi
 
+# The demos run in the background beside cuda_tests and crosscheck (nothing there is timed;
+# the demos' mean IU is what counts) and are waited for before the benchmarks start.
+if wanted demo_fp32 demo || wanted demo_bf16 demo; then
+    # the demo data once (both runs would write it), then fp32 and bf16 side by side
+    run_step demo_data 60 "$PY" -c 'import demo; demo.ensure_data()'
+    if [ $MODE = gpu ]; then args=(--gpu 0); else args=(--quick --threads 1); fi
+    for p in fp32 bf16; do
+        if wanted "demo_$p" demo; then
+            run_step "demo_$p" 200 "$PY" demo.py "${args[@]}" --precision $p --out "$WORK/demo-$p" &
+        fi
+    done
+fi
+
 if wanted cuda_tests cuda_tests; then
     mapfile -t CUDA_TESTS < <("$PY" benchmarks/gpu_report.py cuda-tests)
     echo "${#CUDA_TESTS[@]} CUDA-only tests: ${CUDA_TESTS[*]}" >"$OUT/logs/cuda_tests.list"
@@ -199,19 +214,8 @@ bench() {  # precision budget
     run_step "bench_$1" "$2" "$PY" benchmarks/bench_fcn.py --precision "$1" \
         "${args[@]}" --json "$OUT/bench-$1.json"
 }
+wait  # for the demos
 wanted bench_fp32 bench && bench fp32 120
-
-if wanted demo_fp32 demo || wanted demo_bf16 demo; then
-    # the demo data once (both runs would write it), then fp32 and bf16 side by side
-    run_step demo_data 60 "$PY" -c 'import demo; demo.ensure_data()'
-    if [ $MODE = gpu ]; then args=(--gpu 0); else args=(--quick --threads 1); fi
-    for p in fp32 bf16; do
-        if wanted "demo_$p" demo; then
-            run_step "demo_$p" 180 "$PY" demo.py "${args[@]}" --precision $p --out "$WORK/demo-$p" &
-        fi
-    done
-    wait
-fi
 
 wanted bench_bf16 bench && bench bf16 100
 wanted bench_tf32 bench && bench tf32 100

@@ -28,8 +28,8 @@ import xml.etree.ElementTree as ET
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PRECISIONS = ('fp32', 'tf32', 'bf16')
 # gpu_check.sh's steps in the order the report lists them.
-ORDER = ('setup', 'env', 'cuda_tests', 'crosscheck', 'bench_fp32', 'demo_data', 'demo_fp32',
-         'demo_bf16', 'bench_bf16', 'bench_tf32')
+ORDER = ('setup', 'env', 'demo_data', 'demo_fp32', 'demo_bf16', 'cuda_tests', 'crosscheck',
+         'bench_fp32', 'bench_bf16', 'bench_tf32')
 NO_CUDA = 'skipped: no CUDA'
 # A decorator that skips a test where torch sees no CUDA device.
 CUDA_MARK = r'pytest\.mark\.skipif\(\s*not\s+torch\.cuda\.is_available\(\)'

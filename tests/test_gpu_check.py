@@ -199,7 +199,7 @@ def test_summary_fails_a_step_that_exited_0_without_numbers_or_with_nan(tmp_path
                               ('bench_fp32', 'ok')],
                    [('bench-fp32.json', json.dumps(bench))])
     steps = gpu_report.summarize(out)['steps']
-    assert list(steps) == ['env', 'crosscheck', 'bench_fp32', 'demo_fp32']
+    assert list(steps) == ['env', 'demo_fp32', 'crosscheck', 'bench_fp32']  # the run's order
     assert steps['env']['status'].startswith('failed: no results (FileNotFoundError')
     assert steps['crosscheck']['status'].startswith('timed out after 150 s; no results')
     assert steps['bench_fp32']['status'] == 'failed: missing or non-finite numbers'

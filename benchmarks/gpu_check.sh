@@ -37,6 +37,7 @@
 #
 # On a lent machine whose files come back only from $OUT (8 files at most), run it as
 #   bash benchmarks/gpu_check.sh /tmp/gc; tar czf $OUT/gpu-check.tgz -C /tmp gc; cp /tmp/gc/report.md /tmp/gc/summary.json $OUT/
+# with the device tool's timeout_s 540 and carry [".whl"] (after --fetch-wheels here).
 set -uo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -366,7 +366,11 @@ def report(summary):
                           env.get('torch_cuda'), env.get('cudnn'), env.get('python'),
                           str(env.get('git_commit') or '?')[:12], summary.get('seconds') or 0,
                           summary['budget_s']),
-             '', '| step | status | seconds | budget s |', '| --- | --- | ---: | ---: |']
+             '']
+    if env.get('nvidia_smi') and env['nvidia_smi'] != 'not found':
+        lines += ['nvidia-smi (name, driver, memory, max SM clock, power limit): %s'
+                  % env['nvidia_smi'], '']
+    lines += ['| step | status | seconds | budget s |', '| --- | --- | ---: | ---: |']
     for name, s in steps.items():
         lines.append('| %s | %s | %s | %s |' % (name, s['status'], _fmt(s['seconds'], '%.0f'),
                                                 _fmt(s['budget_s'], '%.0f')))

@@ -222,20 +222,25 @@ class Case:
         net.save(self.weights)
         del net
         sbdd = make_sbd_tree(tmp, args.size, max(2, args.steps), args.seed)
-        self.solver = io.read_solver_prototxt(SOLVER_FILE)
-        self.solver.ClearField('train_net')
-        self.solver.ClearField('test_net')
-        self.solver.ClearField('test_iter')
-        self.solver.ClearField('test_interval')
-        self.solver.train_net_param.CopyFrom(train)
-        self.solver.train_net_param.layer[0].python_param.param_str = str(dict(
-            sbdd_dir=sbdd, seed=voc.SEED, split='train', mean=voc.MEAN))
-        self.solver.display = 0
-        self.solver.snapshot = 0
-        self.solver.snapshot_after_train = False
-        self.solver.max_iter = 10 ** 6
-        self.solver.snapshot_prefix = os.path.join(tmp, 'snapshot')
+        self.solver = solver_param(train, sbdd, os.path.join(tmp, 'snapshot'))
         self.steps = args.steps
+
+
+def solver_param(train, sbdd, snapshot_prefix):
+    """voc-fcn8s's solver settings with ``train`` as its net, reading the SBD folder
+    ``sbdd`` in the reference's seeded order; no test nets, display or snapshots."""
+    param = io.read_solver_prototxt(SOLVER_FILE)
+    for field in ('train_net', 'test_net', 'test_iter', 'test_interval'):
+        param.ClearField(field)
+    param.train_net_param.CopyFrom(train)
+    param.train_net_param.layer[0].python_param.param_str = str(dict(
+        sbdd_dir=sbdd, seed=voc.SEED, split='train', mean=voc.MEAN))
+    param.display = 0
+    param.snapshot = 0
+    param.snapshot_after_train = False
+    param.max_iter = 10 ** 6
+    param.snapshot_prefix = snapshot_prefix
+    return param
 
 
 def host(array):

@@ -660,6 +660,21 @@ def run(args):
     if device == 'cuda':
         print('(OpenCV DNN is not run on the GPU: the pip wheel has no CUDA backend)')
     rows, checks = [], []
+
+    def write_json(versus=(), complete=False):
+        # after every net and size too, so that a run stopped by a time limit
+        # (benchmarks/gpu_check.sh) leaves what it measured
+        if args.json:
+            result = dict(device=name, versions=versions, precision=args.precision,
+                          width=args.width, repeats=args.repeats, warmup=args.warmup,
+                          peak_tflops=peak, nets=args.net_list,
+                          sizes=[size_name(s) for s in args.size_list],
+                          rows=[{k.rstrip('_'): v for k, v in r.items()} for r in rows],
+                          checks=checks, onnxruntime_vs_opencv=list(versus),
+                          complete=complete)
+            with open(args.json, 'w') as f:
+                json.dump(result, f, indent=1)
+
     with tempfile.TemporaryDirectory(prefix='bench_fcn-') as tmp:
         for stage in args.net_list:
             for size in args.size_list:
@@ -680,6 +695,7 @@ def run(args):
                         checks.append(check_line(stage, size, measured))
                         print('  check: %s' % check_text(checks[-1]), flush=True)
                 del setup
+                write_json()
     print()
     print(format_table(rows))
     print('engine/impl: median time of the engine over that of the implementation '
@@ -688,15 +704,7 @@ def run(args):
     for line in versus:
         print('onnxruntime / OpenCV DNN forward, %(net)s %(size)s: %(ratio).3f '
               '(%(onnxruntime_ms).1f / %(opencv_ms).1f ms)' % line)
-    if args.json:
-        result = dict(device=name, versions=versions, precision=args.precision,
-                      width=args.width, repeats=args.repeats, warmup=args.warmup,
-                      peak_tflops=peak, nets=args.net_list,
-                      sizes=[size_name(s) for s in args.size_list],
-                      rows=[{k.rstrip('_'): v for k, v in r.items()} for r in rows],
-                      checks=checks, onnxruntime_vs_opencv=versus)
-        with open(args.json, 'w') as f:
-            json.dump(result, f, indent=1)
+    write_json(versus, complete=True)
     return 0
 
 

@@ -16,8 +16,9 @@
 #   crosscheck  benchmarks/gpu_crosscheck.py: FCN-8s 500x500 forward, backward and 5 SGD steps,
 #               CUDA fp32 against CPU fp32 (and both against CPU fp64) -> crosscheck.json
 #   (the demos are waited for here, so that the benchmarks have the machine to themselves)
-#   bench_fp32  benchmarks/bench_fcn.py --gpu, FCN-32s and FCN-8s at 500x500 and 500x375,
-#               engine and nn.Module -> bench-fp32.json
+#   bench_fp32  benchmarks/bench_fcn.py --gpu, FCN-8s and FCN-32s at 500x500 and 500x375,
+#               engine and nn.Module -> bench-fp32.json (rewritten after each net and size, so
+#               a step cut short by its budget keeps what it measured)
 #   bench_bf16, bench_tf32 as bench_fp32 in the other precisions -> bench-bf16.json, bench-tf32.json
 #   summary     benchmarks/gpu_report.py summary: summary.json (every step's status, seconds,
 #               budget and numbers) and report.md (the tables, ready for the README)
@@ -210,7 +211,7 @@ if wanted crosscheck crosscheck; then
 fi
 
 bench() {  # precision budget
-    if [ $MODE = gpu ]; then args=(--gpu --nets 32s,8s --sizes 500x500,500x375)
+    if [ $MODE = gpu ]; then args=(--gpu --nets 8s,32s --sizes 500x500,500x375)  # the targets' net first
     else args=(--nets 8s --sizes 48x40 --width 0.0625 --repeats 1 --warmup 0 --images 1 --threads 2); fi
     run_step "bench_$1" "$2" "$PY" benchmarks/bench_fcn.py --precision "$1" \
         "${args[@]}" --json "$OUT/bench-$1.json"

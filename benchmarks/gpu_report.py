@@ -251,7 +251,8 @@ def numbers_bench(precision):
         bad = [r for r in result['rows'] if not all(finite(r[k]) for k in keys)]
         numbers = dict(device=result['device'], precision=result['precision'],
                        width=result['width'], peak_tflops=result['peak_tflops'],
-                       repeats=result['repeats'], rows=result['rows'], checks=result['checks'])
+                       repeats=result['repeats'], rows=result['rows'], checks=result['checks'],
+                       complete=result.get('complete', True))
         if not result['rows'] or bad:
             return numbers, 'missing or non-finite numbers'
         return numbers, None
@@ -328,7 +329,7 @@ def bench_rows(bench):
         def get(pass_, impl, key):
             return c.get((pass_, impl), {}).get(key)
         lines.append('| %s | %s | %s | %s | %s | %s | %s | %s |' % (
-            net, size, bench['precision'],
+            net, size, bench['precision'] + ('' if bench.get('complete', True) else ' (cut short)'),
             _pair(get('forward', 'engine', 'median_ms'), get('forward', 'module', 'median_ms')),
             _pair(get('fwd+bwd', 'engine', 'median_ms'), get('fwd+bwd', 'module', 'median_ms')),
             _pair(get('solver', 'engine', 'per_s'), get('solver', 'module', 'per_s'), '%.2f'),

@@ -250,3 +250,24 @@ def test_difference_of_a_zero_reference_is_zero_only_when_equal():
     assert gpu_crosscheck.difference(np.ones(3), np.zeros(3))['rel_l2'] == math.inf
     with pytest.raises(ValueError, match='shapes differ'):
         gpu_crosscheck.difference(np.zeros(3), np.zeros(4))
+
+
+def test_bench_json_is_written_after_each_net_and_size_so_a_cut_short_run_keeps_it(
+        tmp_path, monkeypatch):
+    from benchmarks import bench_fcn
+    made = []
+
+    class StopAfterOne(bench_fcn.Setup):
+        def __init__(self, *args):
+            if made:
+                raise KeyboardInterrupt  # as a time limit would stop the run
+            made.append(1)
+            super().__init__(*args)
+
+    monkeypatch.setattr(bench_fcn, 'Setup', StopAfterOne)
+    out = tmp_path / 'bench.json'
+    with pytest.raises(KeyboardInterrupt):
+        bench_fcn.main(['--quick', '--nets', '8s', '--passes', 'forward', '--json', str(out)])
+    result = json.loads(out.read_text())
+    assert result['complete'] is False
+    assert {(r['net'], r['size']) for r in result['rows']} == {('fcn8s', '48x40')}

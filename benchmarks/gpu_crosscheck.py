@@ -343,6 +343,34 @@ def plan(args):
             ('cuda32 vs cpu32', 'cuda32', 'cpu32', PARTS, base)]
 
 
+def judge(comparisons, results, tolerance):
+    """The comparisons whose two runs are done (a baseline used once it is there), and
+    the set of baseline labels: ({label: compare(...)}, baselines)."""
+    done, baselines = {}, {b for *_, b in comparisons if b}
+    for label, test, ref, _, base in comparisons:
+        if test in results and ref in results:
+            done[label] = compare(results[test], results[ref], tolerance, done.get(base),
+                                  FACTOR)
+    return done, baselines
+
+
+def make_report(args, results, seconds, comparisons, start):
+    """The JSON report of the runs done so far; ``complete`` once every run is."""
+    done, baselines = judge(comparisons, results, args.tolerance)
+    complete = all(run in results for _, test, ref, *_ in comparisons for run in (test, ref))
+    ok = complete and all(c['ok'] for label, parts in done.items() if label not in baselines
+                          for c in parts.values())
+    losses = {run: r['solver']['loss'].tolist() for run, r in results.items() if 'solver' in r}
+    device = 'cpu' if args.cpu_dry_run else torch.cuda.get_device_name()
+    return dict(ok=ok, complete=complete, device=device, torch=torch.__version__, stage=STAGE,
+                size=size_name(args.size), width=args.width, steps=args.steps,
+                tolerance=args.tolerance, factor=FACTOR, baselines=sorted(baselines),
+                seconds=time.time() - start, run_seconds=dict(seconds),
+                runs={run: [RUNS[run][0], str(RUNS[run][1]).replace('torch.', '')]
+                      for run in results},
+                losses=losses, comparisons=done)
+
+
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
@@ -363,38 +391,26 @@ def main(argv=None):
     try:
         with tempfile.TemporaryDirectory(prefix='gpu_crosscheck-') as tmp:
             case = Case(args, tmp)
-            for run, parts in needed.items():
+            # CUDA first, and the JSON rewritten after each run: a run stopped by a time
+            # limit (gpu_check.sh) keeps the comparisons it could make
+            for run in sorted(needed, key=list(RUNS).index):
                 began = time.time()
-                results[run] = run_all(case, run, parts)
+                results[run] = run_all(case, run, needed[run])
                 seconds[run] = time.time() - began
-                print('%s: ran %s in %.1f s' % (run, ', '.join(sorted(parts)), seconds[run]),
-                      flush=True)
+                print('%s: ran %s in %.1f s' % (run, ', '.join(sorted(needed[run])),
+                                                seconds[run]), flush=True)
+                report = make_report(args, results, seconds, comparisons, start)
+                if args.json:
+                    with open(args.json, 'w') as f:
+                        json.dump(report, f, indent=1)
     finally:
         logger.setLevel(level)
-    done, baselines = {}, {b for *_, b in comparisons if b}
-    for label, test, ref, _, base in comparisons:
-        done[label] = compare(results[test], results[ref], args.tolerance,
-                              done.get(base), FACTOR)
-    ok = all(c['ok'] for label, parts in done.items() if label not in baselines
-             for c in parts.values())
-    for line in summary_lines(done, baselines):
+    for line in summary_lines(report['comparisons'], report['baselines']):
         print(line)
-    losses = {run: r['solver']['loss'].tolist() for run, r in results.items() if 'solver' in r}
-    for run, values in losses.items():
+    for run, values in report['losses'].items():
         print('%s solver losses: %s' % (run, ', '.join('%.6g' % v for v in values)))
-    device = torch.cuda.get_device_name() if not args.cpu_dry_run else 'cpu'
-    report = dict(ok=ok, device=device, torch=torch.__version__, stage=STAGE,
-                  size=size_name(args.size), width=args.width, steps=args.steps,
-                  tolerance=args.tolerance, factor=FACTOR, baselines=sorted(baselines),
-                  seconds=time.time() - start, run_seconds=seconds,
-                  runs={run: [RUNS[run][0], str(RUNS[run][1]).replace('torch.', '')]
-                        for run in results},
-                  losses=losses, comparisons=done)
-    if args.json:
-        with open(args.json, 'w') as f:
-            json.dump(report, f, indent=1)
-    print('cross-check %s in %.1f s' % ('ok' if ok else 'FAILED', report['seconds']))
-    return 0 if ok else 1
+    print('cross-check %s in %.1f s' % ('ok' if report['ok'] else 'FAILED', report['seconds']))
+    return 0 if report['ok'] else 1
 
 
 if __name__ == '__main__':

@@ -237,8 +237,11 @@ def numbers_crosscheck(out, _):
                    losses=report['losses'], parts=parts)
     values = [p['worst_rel_l2'] for p in parts.values()] + [p['max_abs'] for p in parts.values()]
     values += [v for losses in report['losses'].values() for v in losses]
+    numbers['complete'] = report.get('complete', True)
     if not parts or not all(finite(v) for v in values):
         return numbers, 'non-finite or missing differences'
+    if not numbers['complete']:
+        return numbers, 'incomplete: only the %s runs finished' % ', '.join(report['runs'])
     if not report['ok']:
         return numbers, 'differences above the tolerance %g' % report['tolerance']
     return numbers, None

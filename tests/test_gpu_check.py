@@ -271,3 +271,22 @@ def test_bench_json_is_written_after_each_net_and_size_so_a_cut_short_run_keeps_
     result = json.loads(out.read_text())
     assert result['complete'] is False
     assert {(r['net'], r['size']) for r in result['rows']} == {('fcn8s', '48x40')}
+
+
+def test_crosscheck_json_is_written_after_each_run_so_a_cut_short_run_keeps_it(
+        tmp_path, monkeypatch):
+    real = gpu_crosscheck.run_all
+
+    def stop_at_float64(case, run, parts):
+        if run == 'cpu64':
+            raise KeyboardInterrupt  # as a time limit would stop the run
+        return real(case, run, parts)
+
+    monkeypatch.setattr(gpu_crosscheck, 'run_all', stop_at_float64)
+    out = tmp_path / 'cross.json'
+    with pytest.raises(KeyboardInterrupt):
+        gpu_crosscheck.main(['--cpu-dry-run', '--steps', '1', '--json', str(out)])
+    report = json.loads(out.read_text())
+    assert report['complete'] is False and report['ok'] is False
+    assert list(report['runs']) == ['cpu32'] and report['comparisons'] == {}
+    assert len(report['losses']['cpu32']) == 1

@@ -12,7 +12,8 @@
 #               the background beside cuda_tests and crosscheck (none of these is timed; the
 #               demos' mean IU per stage is the result) -> logs/demo_*.log
 #   cuda_tests  every test that skips without CUDA (benchmarks/gpu_report.py cuda-tests lists
-#               them), pytest -rA -> cuda-tests.xml (JUnit) and logs/cuda_tests.log
+#               them), pytest -v -rA -> cuda-tests.xml (JUnit) and logs/cuda_tests.log (each
+#               result as it comes, read when a step cut short left no XML)
 #   crosscheck  benchmarks/gpu_crosscheck.py: FCN-8s 500x500 forward, backward and 5 SGD steps,
 #               CUDA fp32 against CPU fp32 (and both against CPU fp64) -> crosscheck.json
 #   (the demos are waited for here, so that the benchmarks have the machine to themselves)
@@ -200,7 +201,7 @@ fi
 if wanted cuda_tests cuda_tests; then
     mapfile -t CUDA_TESTS < <("$PY" benchmarks/gpu_report.py cuda-tests)
     echo "${#CUDA_TESTS[@]} CUDA-only tests: ${CUDA_TESTS[*]}" >"$OUT/logs/cuda_tests.list"
-    run_step cuda_tests 150 "$PY" -m pytest -rA -p no:cacheprovider \
+    run_step cuda_tests 150 "$PY" -m pytest -v -rA -p no:cacheprovider \
         --junitxml="$OUT/cuda-tests.xml" "${CUDA_TESTS[@]}"
 fi
 

@@ -214,6 +214,20 @@ def test_summary_on_a_gpu_fails_cuda_tests_that_skip_there(tmp_path):
     assert steps['cuda_tests']['status'] == 'failed: 1 of 1 skipped on a CUDA machine'
 
 
+def test_cuda_tests_cut_short_are_counted_from_the_verbose_log(tmp_path):
+    log = ('tests/test_a.py::test_x[1] PASSED      [ 33%]\n'
+           'tests/test_a.py::test_x[2] FAILED      [ 66%]\n'
+           'tests/test_b.py::test_y SKIPPED (needs CUDA) [100%]\n')
+    out = fake_out(tmp_path, [('cuda_tests', 'timed out after 150 s')])
+    (tmp_path / 'logs' / 'cuda_tests.log').write_text(log)
+    step = gpu_report.summarize(out)['steps']['cuda_tests']
+    assert step['status'] == ('timed out after 150 s; no JUnit XML (stopped early?): '
+                              '3 results read from the log')
+    numbers = step['numbers']
+    assert (numbers['passed'], numbers['failed'], numbers['skipped']) == (1, 1, 1)
+    assert numbers['failures'] == ['tests/test_a.py::test_x[2]']
+
+
 def test_compare_fails_a_part_with_one_array_over_tolerance_or_not_finite():
     ref = {'forward': {'a': np.ones(4), 'b': np.arange(4.0)}}
     close = {'forward': {'a': np.ones(4) * (1 + 1e-7), 'b': np.arange(4.0)}}

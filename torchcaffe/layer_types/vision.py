@@ -60,6 +60,30 @@ def _per_axis(layer, name, repeated, hw, num_spatial, default):
                       % (name, len(values), num_spatial))
 
 
+def conv_geometry(layer, p, bottom_shape):
+    """(channel axis, kernel, stride, pad, dilation) of ``convolution_param`` ``p`` for a
+    bottom of ``bottom_shape``, as Caffe's BaseConvolutionLayer::LayerSetUp reads them
+    (Convolution, Deconvolution and Im2col share it); errors name ``layer``."""
+    axis = layer.canonical_axis(p.axis, len(bottom_shape), bottom_shape)
+    num_spatial = len(bottom_shape) - axis - 1
+    if num_spatial < 1:
+        raise layer.shape_error('needs at least one spatial axis after channel axis %d'
+                                % axis, bottom_shape)
+
+    def pair(a, b):
+        return (getattr(p, a), getattr(p, b)) if p.HasField(a) or p.HasField(b) else None
+    kernel = _per_axis(layer, 'kernel', p.kernel_size, pair('kernel_h', 'kernel_w'),
+                       num_spatial, None)
+    stride = _per_axis(layer, 'stride', p.stride, pair('stride_h', 'stride_w'),
+                       num_spatial, 1)
+    pad = _per_axis(layer, 'pad', p.pad, pair('pad_h', 'pad_w'), num_spatial, 0)
+    dilation = _per_axis(layer, 'dilation', p.dilation, None, num_spatial, 1)
+    if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
+        raise layer.error('kernel, stride and dilation must be positive, got %s, %s, %s'
+                          % (kernel, stride, dilation))
+    return axis, kernel, stride, pad, dilation
+
+
 class _ConvBase(Layer):
     """What Convolution and Deconvolution share: geometry, parameters, fillers."""
 
@@ -89,25 +113,7 @@ class _ConvBase(Layer):
         return geometry
 
     def _work_out_geometry(self, bottom_shape):
-        p = self.conv_param
-        axis = self.canonical_axis(p.axis, len(bottom_shape), bottom_shape)
-        num_spatial = len(bottom_shape) - axis - 1
-        if num_spatial < 1:
-            raise self.shape_error('needs at least one spatial axis after channel axis %d'
-                                   % axis, bottom_shape)
-
-        def pair(a, b):
-            return (getattr(p, a), getattr(p, b)) if p.HasField(a) or p.HasField(b) else None
-        kernel = _per_axis(self, 'kernel', p.kernel_size, pair('kernel_h', 'kernel_w'),
-                           num_spatial, None)
-        stride = _per_axis(self, 'stride', p.stride, pair('stride_h', 'stride_w'),
-                           num_spatial, 1)
-        pad = _per_axis(self, 'pad', p.pad, pair('pad_h', 'pad_w'), num_spatial, 0)
-        dilation = _per_axis(self, 'dilation', p.dilation, None, num_spatial, 1)
-        if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
-            raise self.error('kernel, stride and dilation must be positive, got %s, %s, %s'
-                             % (kernel, stride, dilation))
-        return axis, kernel, stride, pad, dilation
+        return conv_geometry(self, self.conv_param, bottom_shape)
 
     def _channels(self, bottom_shape, axis):
         channels = bottom_shape[axis]
@@ -659,25 +665,7 @@ class Im2col(Layer):
                        lambda ndim: self._work_out_geometry(tuple(bottom_shape)))
 
     def _work_out_geometry(self, shape):
-        p = self.layer_param.convolution_param
-        axis = self.canonical_axis(p.axis, len(shape), shape)
-        num_spatial = len(shape) - axis - 1
-        if num_spatial < 1:
-            raise self.shape_error('needs at least one spatial axis after channel axis %d'
-                                   % axis, shape)
-
-        def pair(a, b):
-            return (getattr(p, a), getattr(p, b)) if p.HasField(a) or p.HasField(b) else None
-        kernel = _per_axis(self, 'kernel', p.kernel_size, pair('kernel_h', 'kernel_w'),
-                           num_spatial, None)
-        stride = _per_axis(self, 'stride', p.stride, pair('stride_h', 'stride_w'),
-                           num_spatial, 1)
-        pad = _per_axis(self, 'pad', p.pad, pair('pad_h', 'pad_w'), num_spatial, 0)
-        dilation = _per_axis(self, 'dilation', p.dilation, None, num_spatial, 1)
-        if min(kernel) < 1 or min(stride) < 1 or min(dilation) < 1:
-            raise self.error('kernel, stride and dilation must be positive, got %s, %s, %s'
-                             % (kernel, stride, dilation))
-        return axis, kernel, stride, pad, dilation
+        return conv_geometry(self, self.layer_param.convolution_param, shape)
 
     def top_shapes(self, bottom_shapes):
         shape = tuple(bottom_shapes[0])

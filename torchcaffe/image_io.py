@@ -325,3 +325,20 @@ class Transformer:
         """Set the factor applied last, after the mean."""
         self.__check_input(in_)
         self.input_scale[in_] = scale
+
+
+def input_transformer(name, shape, mean=None, input_scale=None, raw_scale=None,
+                      channel_swap=None):
+    """The Transformer pycaffe's Classifier and Detector set up for input ``name``:
+    H x W x K images to K x H x W, then each given setting (None leaves it out)."""
+    transformer = Transformer({name: shape})
+    transformer.set_transpose(name, (2, 0, 1))
+    if mean is not None:
+        transformer.set_mean(name, mean)
+    if input_scale is not None:
+        transformer.set_input_scale(name, input_scale)
+    if raw_scale is not None:
+        transformer.set_raw_scale(name, raw_scale)
+    if channel_swap is not None:
+        transformer.set_channel_swap(name, channel_swap)
+    return transformer

@@ -73,17 +73,11 @@ def main(argv=None):
     """The command line: ``compute_image_mean [FLAGS] INPUT_DB [OUTPUT_FILE]``."""
     install_default_handler()
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ('-h', '-help', '--help') for a in argv):
-        print(USAGE + '\n'.join(flags.usage(FLAGS, HELP)))
-        return 0
-    try:
-        args, values = flags.parse(argv, FLAGS)
-    except flags.FlagError as err:
-        print('compute_image_mean: %s' % err, file=sys.stderr)
-        return 1
-    if len(args) not in (1, 2):
-        print(USAGE + '\n'.join(flags.usage(FLAGS, HELP)), file=sys.stderr)
-        return 1
+    parsed = flags.parse_tool('compute_image_mean', argv, FLAGS, HELP, USAGE,
+                              lambda n: n in (1, 2))
+    if isinstance(parsed, int):
+        return parsed
+    args, values = parsed
     try:
         mean = compute_image_mean(args[0], values['backend'])
         if len(args) == 2:

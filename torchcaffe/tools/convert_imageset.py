@@ -168,17 +168,10 @@ def main(argv=None):
     """The command line: ``convert_imageset [FLAGS] ROOTFOLDER/ LISTFILE DB_NAME``."""
     install_default_handler()
     argv = sys.argv[1:] if argv is None else argv
-    if any(a in ('-h', '-help', '--help') for a in argv):
-        print(USAGE + '\n'.join(flags.usage(FLAGS, HELP)))
-        return 0
-    try:
-        args, values = flags.parse(argv, FLAGS)
-    except flags.FlagError as err:
-        print('convert_imageset: %s' % err, file=sys.stderr)
-        return 1
-    if len(args) < 3:
-        print(USAGE + '\n'.join(flags.usage(FLAGS, HELP)), file=sys.stderr)
-        return 1
+    parsed = flags.parse_tool('convert_imageset', argv, FLAGS, HELP, USAGE, lambda n: n >= 3)
+    if isinstance(parsed, int):
+        return parsed
+    args, values = parsed
     try:
         convert_imageset(*args[:3], **values)
     except (CaffeError, OSError) as err:

@@ -9,9 +9,11 @@ come in any order; ``--`` ends the flags.
 >>> parse(['train', '-solver', 's.prototxt', '--iterations=3', '--plot'], spec)
 (['train'], {'solver': 's.prototxt', 'iterations': 3, 'plot': True})
 """
+import sys
+
 from ..errors import CaffeError
 
-__all__ = ['FlagError', 'parse', 'usage']
+__all__ = ['FlagError', 'parse', 'usage', 'parse_tool']
 
 _TRUE = ('true', 't', 'yes', 'y', '1')
 _FALSE = ('false', 'f', 'no', 'n', '0')
@@ -96,3 +98,21 @@ def usage(spec, helps):
                      % (name, helps.get(name, ''), kind.__name__,
                         '"%s"' % default if kind is str else default))
     return lines
+
+
+def parse_tool(name, argv, spec, helps, usage_text, enough):
+    """A Caffe tool's command line: ``(positional, values)``, or the exit status after
+    printing the usage (0 for ``-help``; 1 for a bad flag, as gflags exits, or when
+    ``enough(len(positional))`` is false)."""
+    if any(a in ('-h', '-help', '--help') for a in argv):
+        print(usage_text + '\n'.join(usage(spec, helps)))
+        return 0
+    try:
+        positional, values = parse(argv, spec)
+    except FlagError as err:
+        print('%s: %s' % (name, err), file=sys.stderr)
+        return 1
+    if not enough(len(positional)):
+        print(usage_text + '\n'.join(usage(spec, helps)), file=sys.stderr)
+        return 1
+    return positional, values

@@ -11,17 +11,8 @@ from google.protobuf import text_format
 import torchcaffe as caffe
 from torchcaffe import caffe_pb2
 from torchcaffe.errors import CaffeError
-from torchcaffe.layer_types import create_layer
+from test_layers_neuron import make_layer  # noqa: E402  (one LayerParameter-from-text helper)
 from torchcaffe.layer_types.neuron import ThresholdBackwardError, exp_constants
-
-
-def make_layer(text, phase=caffe_pb2.TEST):
-    param = caffe_pb2.LayerParameter()
-    text_format.Merge(text, param)
-    param.name = param.name or 'lyr'
-    if not param.top:
-        param.top.append('out')
-    return create_layer(param, phase)
 
 
 def gradcheck(layer, x, params=()):

@@ -11,16 +11,7 @@ from google.protobuf import text_format
 import torchcaffe as caffe
 from torchcaffe import caffe_pb2
 from torchcaffe.errors import CaffeError
-from torchcaffe.layer_types import create_layer
-
-
-def make_layer(text, phase=caffe_pb2.TEST):
-    param = caffe_pb2.LayerParameter()
-    text_format.Merge(text, param)
-    param.name = param.name or 'lyr'
-    if not param.top:
-        param.top.append('out')
-    return create_layer(param, phase)
+from test_layers_neuron import make_layer  # noqa: E402  (one LayerParameter-from-text helper)
 
 
 def make_net(text, phase):

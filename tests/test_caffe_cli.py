@@ -5,7 +5,6 @@ seeded sequence at its i-th forward (two Gaussian clusters, label = cluster), th
 InnerProduct -> SoftmaxWithLoss (+ Accuracy in TEST). Expected numbers come from
 the engine run in-process on the same batches, or from numpy.
 """
-import importlib
 import logging
 import re
 import sys

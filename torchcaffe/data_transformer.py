@@ -38,7 +38,7 @@ from .errors import CaffeError
 
 __all__ = ['TransformError', 'DataTransformer', 'transform', 'crop_offsets', 'infer_shape',
            'decode_image', 'read_image', 'resize_bilinear', 'read_mean_file', 'layer_rng',
-           'rgb_to_gray']
+           'rgb_to_gray', 'rng_state', 'set_rng_state']
 
 
 class TransformError(CaffeError, ValueError):
@@ -316,6 +316,22 @@ def layer_rng(layer_name, salt=''):
     (at the time the layer is made) and the layer name."""
     key = zlib.crc32(('%s/%s' % (layer_name, salt)).encode())
     return np.random.default_rng([mode._state['seed'] & 0xFFFFFFFF, key])
+
+
+def rng_state(rng):
+    """The state of numpy generator ``rng``: a dict of strings and (large) ints, as
+    JSON writes and reads them exactly."""
+    return rng.bit_generator.state
+
+
+def set_rng_state(rng, state, where='layer'):
+    """Put ``rng`` back in ``state`` (from :func:`rng_state`)."""
+    try:
+        rng.bit_generator.state = state
+    except (TypeError, ValueError, KeyError) as err:
+        raise TransformError('%s: cannot restore a %s random generator from the saved state '
+                             '%r: %s' % (where, type(rng.bit_generator).__name__, state,
+                                         err)) from None
 
 
 class DataTransformer:

@@ -120,6 +120,18 @@ class Reader:
         if count > 0:
             self.next(count)
 
+    def tell(self):
+        """Where the next :meth:`next` starts: a key (bytes; the first key at or past it),
+        or None for the first record. :meth:`seek` goes back there without reading."""
+        return self._next_key
+
+    def seek(self, key):
+        """Make the next :meth:`next` start at ``key`` (from :meth:`tell`)."""
+        if key is not None and not isinstance(key, bytes):
+            raise DBError('%s: a database position is bytes or None, got %r'
+                          % (self.path, key))
+        self._next_key = key
+
     def __iter__(self):
         """Every (key, value) once, from the first key (independent of the position)."""
         start = None

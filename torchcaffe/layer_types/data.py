@@ -14,6 +14,7 @@ generators seeded by ``caffe.set_random_seed``'s seed and the layer name
 (``data_transformer.layer_rng``): reproducible, but not Caffe's own random
 stream.
 """
+import functools
 import logging
 import os
 import weakref
@@ -23,7 +24,7 @@ import torch
 
 from .. import db, distributed, fillers, mode
 from ..data_transformer import DataTransformer, TransformError, decode_image, read_image
-from ..data_transformer import layer_rng
+from ..data_transformer import layer_rng, rng_state, set_rng_state
 from ..errors import CaffeError
 from ..glog import LOGGER_NAME
 from ..prefetch import Prefetcher
@@ -112,8 +113,22 @@ def _stack(images, where):
 
 # ------------------------------------------------------------------------ prefetching base
 
+def _load_with_state(source):
+    """The next batch of ``source`` and, if it has ``get_state``, its state right after
+    that batch (taken in the thread that loaded it, before it loads another)."""
+    batch = source.load()
+    get_state = getattr(source, 'get_state', None)
+    return batch, (get_state() if get_state is not None else None)
+
+
 class _BatchLayer(Layer):
-    """A data layer that loads batches with a ``source.load()`` on a prefetch thread."""
+    """A data layer that loads batches with a ``source.load()`` on a prefetch thread.
+
+    A source may offer ``get_state()`` (JSON data: where it is and its generators'
+    states) and ``set_state(state)``; the layer keeps the state that came with the
+    last batch it gave out (the prefetch thread is a batch further on), so a resume
+    goes on from there without reading anything again.
+    """
     bottom_counts = (0, 0)
 
     def __init__(self, layer_param, phase):
@@ -121,29 +136,40 @@ class _BatchLayer(Layer):
         self.where = 'layer %r (%s)' % (self.name, self.type)
         self._seed = mode._state['seed']  # the seed of the source's generators
         self._source = self.make_source()
-        self._ready = self._source.load()  # the first batch: its shape is the top shape
+        # the first batch: its shape is the top shape
+        self._ready = _load_with_state(self._source)
         log.info('%s: output data size: %s', self.where,
-                 ','.join(str(d) for d in self._ready[0].shape))
-        self._shapes = [a.shape for a in self._ready[:self.num_tops()]]
+                 ','.join(str(d) for d in self._ready[0][0].shape))
+        self._shapes = [a.shape for a in self._ready[0][:self.num_tops()]]
         self._count = 0
+        self._source_state = None  # the source's state after the last batch given out
         self._start_prefetching(1)
 
     def _start_prefetching(self, first):
-        self._prefetcher = Prefetcher(self._source.load, name='%s prefetch' % self.name)
+        self._prefetcher = Prefetcher(functools.partial(_load_with_state, self._source),
+                                      name='%s prefetch' % self.name)
         self._finalizer = weakref.finalize(self, _shut_down, self._prefetcher, self._source)
         self._prefetcher.submit(first)
 
     def state_dict(self):
-        """Where the layer is: the batches it has given out (for ``torchcaffe.resume_state``:
-        Caffe's data layers restart on a restore, ours go on where they were)."""
-        return {'batches': self._count, 'seed': self._seed}
+        """Where the layer is, for ``torchcaffe.resume_state`` (Caffe's data layers
+        restart on a restore, ours go on where they were): the batches it has given
+        out, its generators' seed and, where the source can say, ``'source'``: the
+        source's position and generator states after the last batch given out."""
+        state = {'batches': self._count, 'seed': self._seed}
+        if self._count and self._source_state is not None:
+            state['source'] = self._source_state
+        return state
 
     def load_state_dict(self, state):
         """Go on from where a layer that gave out ``state['batches']`` batches was.
 
-        The source is made afresh with the generators' seed of the saved layer and
-        that many batches are loaded and dropped, so shuffles, ``rand_skip``, crops
-        and mirrors draw what they drew: exact, at the cost of reading them again.
+        The source is made afresh with the generators' seed of the saved layer. With
+        a ``'source'`` entry it is put where the saved one was, generators included;
+        without one (older sidecars, sources without ``set_state``) that many
+        batches are loaded and dropped, so shuffles, ``rand_skip``, crops and
+        mirrors draw what they drew: exact either way, the second at the cost of
+        reading them again.
         """
         batches, seed = int(state['batches']), int(state['seed'])
         self._finalizer()  # stops the prefetch thread, closes the database
@@ -153,11 +179,17 @@ class _BatchLayer(Layer):
         finally:
             mode._state['seed'] = saved
         self._seed = seed
-        if batches:
-            log.info('%s: skipping the %d batches read before the snapshot', self.where,
-                     batches)
-        for _ in range(batches):
-            self._source.load()
+        set_state = getattr(self._source, 'set_state', None)
+        if batches and state.get('source') is not None and set_state is not None:
+            set_state(state['source'])
+        else:
+            if batches:
+                log.info('%s: reading again the %d batches read before the snapshot',
+                         self.where, batches)
+            for _ in range(batches):
+                self._source.load()
+        get_state = getattr(self._source, 'get_state', None)
+        self._source_state = get_state() if get_state is not None else None
         self._ready, self._count = None, batches
         self._start_prefetching(batches)
 
@@ -170,9 +202,9 @@ class _BatchLayer(Layer):
 
     def forward(self, bottoms, params):
         if self._ready is not None:  # batch 0, loaded at setup; batch 1 is on its way
-            batch, self._ready = self._ready, None
+            (batch, self._source_state), self._ready = self._ready, None
         else:
-            batch = self._prefetcher.get(self._count)
+            batch, self._source_state = self._prefetcher.get(self._count)
             self._prefetcher.submit(self._count + 1)
         self._count += 1
         self._shapes = [a.shape for a in batch[:self.num_tops()]]
@@ -203,6 +235,24 @@ class _DatumSource:
 
     def close(self):
         self.reader.close()
+
+    def get_state(self):
+        """The reader's next key (hex; None: the first record), the rank offset and
+        the transformer's generator."""
+        key = self.reader.tell()
+        return {'next_key': None if key is None else key.hex(), 'offset': self.offset,
+                'transform_rng': rng_state(self.transformer.rng)}
+
+    def set_state(self, state):
+        """Go back to where :meth:`get_state` was, reading nothing."""
+        key = state['next_key']
+        try:
+            self.reader.seek(None if key is None else bytes.fromhex(key))
+        except (TypeError, ValueError) as err:
+            raise DataLayerError('%s: saved database position %r is not a hex key: %s'
+                                 % (self.where, key, err)) from None
+        self.offset = int(state['offset'])
+        set_rng_state(self.transformer.rng, state['transform_rng'], self.where)
 
     def load(self):
         images, labels = [], []
@@ -278,6 +328,24 @@ class _ImageListSource:
             raise DataLayerError('%s: not enough images to skip: rand_skip drew %d, the list '
                                  'has %d' % (where, self.pos, len(items)))
 
+    def get_state(self):
+        """The position in the epoch's order, that order (None: the list's own), and
+        both generators (shuffling, and the transformer's crops and mirrors)."""
+        return {'pos': self.pos, 'order': list(self.order) if self.p.shuffle else None,
+                'rng': rng_state(self.rng), 'transform_rng': rng_state(self.transformer.rng)}
+
+    def set_state(self, state):
+        """Go back to where :meth:`get_state` was, reading no image."""
+        order = (list(range(len(self.items))) if state['order'] is None
+                 else [int(i) for i in state['order']])
+        if sorted(order) != list(range(len(self.items))):
+            raise DataLayerError('%s: the saved image order has %d entries, not a '
+                                 'permutation of the %d images of %s (the list changed?)'
+                                 % (self.where, len(order), len(self.items), self.p.source))
+        self.order, self.pos = order, int(state['pos'])
+        set_rng_state(self.rng, state['rng'], self.where)
+        set_rng_state(self.transformer.rng, state['transform_rng'], self.where)
+
     def load(self):
         p = self.p
         images, labels = [], []
@@ -331,7 +399,33 @@ class _HDF5Source:
         self.file_pos = 0
         self._open(self.file_order[0])
 
-    def _open(self, index):
+    def get_state(self):
+        """The file order and the current file, its row order (None: in order) and
+        position, and the shuffling generator."""
+        return {'file_order': list(self.file_order), 'file_pos': self.file_pos,
+                'rows': list(self.rows) if self.p.shuffle else None, 'row': self.row,
+                'rng': rng_state(self.rng)}
+
+    def set_state(self, state):
+        """Go back to where :meth:`get_state` was, reading only the current file."""
+        file_order = [int(i) for i in state['file_order']]
+        if sorted(file_order) != list(range(len(self.files))):
+            raise DataLayerError('%s: the saved file order %s does not fit the %d files of '
+                                 '%s (the list changed?)' % (self.where, file_order,
+                                                             len(self.files), self.p.source))
+        self.file_order, self.file_pos = file_order, int(state['file_pos'])
+        self._open(self.file_order[self.file_pos], shuffle=False)
+        rows = (list(range(len(self.rows))) if state['rows'] is None
+                else [int(r) for r in state['rows']])
+        if sorted(rows) != list(range(len(self.rows))):
+            raise DataLayerError('%s: the saved row order has %d rows, %s has %d (the file '
+                                 'changed?)' % (self.where, len(rows),
+                                                self.files[self.file_order[self.file_pos]],
+                                                len(self.rows)))
+        self.rows, self.row = rows, int(state['row'])
+        set_rng_state(self.rng, state['rng'], self.where)
+
+    def _open(self, index, shuffle=True):
         import h5py
         path = self.files[index]
         if not os.path.isfile(path):
@@ -355,7 +449,7 @@ class _HDF5Source:
                                                       [a.shape[:1] for a in arrays]))
         self.arrays = arrays
         self.rows = list(range(rows.pop()))
-        if self.p.shuffle:
+        if self.p.shuffle and shuffle:
             self.rng.shuffle(self.rows)
         self.row = 0
 

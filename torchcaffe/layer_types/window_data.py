@@ -29,7 +29,7 @@ Caffe's.
 import numpy as np
 
 from ..data_transformer import TransformError, layer_rng, read_image, read_mean_file
-from ..data_transformer import resize_bilinear
+from ..data_transformer import resize_bilinear, rng_state, set_rng_state
 from .base import register
 from .data import DataLayerError, _BatchLayer
 
@@ -165,6 +165,13 @@ class _WindowSource:
         self.crop_size, self.mirror, self.rng, self.where = crop_size, mirror, rng, where
         self.mean, self.mean_values = mean, mean_values
         self.channels = images[-1][1][0]
+
+    def get_state(self):
+        """Windows are drawn with replacement: the generator is all there is to save."""
+        return {'rng': rng_state(self.rng)}
+
+    def set_state(self, state):
+        set_rng_state(self.rng, state['rng'], self.where)
 
     def _window(self, window, do_mirror):
         index, label = window[0], window[1]

@@ -414,3 +414,171 @@ def test_a_data_layer_loaded_with_a_saved_state_goes_on_with_the_same_batches(
         want, got = first.forward(), second.forward()
         for top in ('data', 'label', 'h5data', 'h5label'):
             np.testing.assert_array_equal(got[top], want[top], err_msg=top)
+
+
+# A resume puts each source where it was (position, orders, generators) from the
+# state saved with the last batch given out; it reads nothing already read.
+
+def write_datum_db(path, backend, count=7, seed=3):
+    from torchcaffe import db
+    rng = np.random.default_rng(seed)
+    with db.open_writer(str(path), backend) as writer:
+        for i in range(count):
+            pixels = rng.integers(0, 256, (3, 6, 5), dtype=np.uint8)
+            datum = caffe_pb2.Datum(channels=3, height=6, width=5, data=pixels.tobytes(),
+                                    label=i)
+            writer.put('%08d' % i, datum.SerializeToString())
+    return path
+
+
+DATA = ('layer { name: "data" type: "Data" top: "data" top: "label" data_param { '
+        'source: "%s" backend: %s batch_size: 3 rand_skip: 4 } transform_param { '
+        'crop_size: 4 mirror: true } }')
+
+
+def two_h5_files(tmp_path):
+    for name, rows in (('a', 5), ('b', 4)):
+        write_h5(tmp_path / (name + '.h5'),
+                 np.arange(2 * rows, dtype=np.float32).reshape(rows, 2) + 100 * ord(name),
+                 np.arange(rows) + 10 * ord(name))
+    (tmp_path / 'files.txt').write_text('%s\n%s\n' % (tmp_path / 'a.h5', tmp_path / 'b.h5'))
+    return HDF5_DATA.replace('"h5"', '"data"') % (tmp_path / 'files.txt', 'shuffle: true')
+
+
+@pytest.fixture(params=['lmdb', 'leveldb', 'image_data', 'hdf5', 'window_data'])
+def resumable(request, tmp_path, image_list, window_file):
+    """The text of a one-layer TRAIN net (layer "data") that shuffles, crops or mirrors."""
+    kind = request.param
+    if kind in ('lmdb', 'leveldb'):
+        return DATA % (write_datum_db(tmp_path / kind, kind), kind.upper())
+    if kind == 'image_data':
+        images_dir, _ = image_list
+        return IMAGE_DATA % (images_dir / 'list.txt', images_dir / 'imgs', 'shuffle: true',
+                             'transform_param { crop_size: 3 mirror: true }')
+    if kind == 'hdf5':
+        return two_h5_files(tmp_path)
+    windows_dir, _ = window_file
+    return WINDOW_DATA.replace('"win"', '"data"') % (windows_dir / 'windows.txt', windows_dir,
+                                                     '', 'mirror: true')
+
+
+def saved_after(tmp_path, text, k, seed=21):
+    """A TRAIN net that gave out ``k`` batches, and its data layer's state as the
+    resume sidecar writes and reads it."""
+    from torchcaffe import resume_state
+    caffe.set_random_seed(seed)
+    net = net_from(tmp_path, text, caffe.TRAIN, 'straight.prototxt')
+    for _ in range(k):
+        net.forward()
+    resume_state.write(str(tmp_path / 'x.solverstate'), k, net)
+    return net, resume_state.read(str(tmp_path / 'x.solverstate'))['layers']['data']
+
+
+def resumed_from(tmp_path, text, state):
+    caffe.set_random_seed(99)  # the saved seed, not this one, drives the generators
+    net = net_from(tmp_path, text, caffe.TRAIN, 'resumed.prototxt')
+    net.layer_dict['data'].load_state_dict(state)
+    return net
+
+
+def assert_same_batches(want_net, got_net, m):
+    for _ in range(m):
+        want, got = want_net.forward(), got_net.forward()
+        for top in want:
+            np.testing.assert_array_equal(got[top], want[top], err_msg=top)
+
+
+@pytest.mark.parametrize('k', [0, 1, 5])
+def test_a_layer_restored_from_its_saved_source_state_goes_on_bit_for_bit(
+        resumable, tmp_path, k):
+    straight, state = saved_after(tmp_path, resumable, k)
+    assert ('source' in state) == (k > 0) and state['batches'] == k
+    assert_same_batches(straight, resumed_from(tmp_path, resumable, state), 6)
+
+
+def test_an_old_state_without_source_resumes_exactly_by_reading_again(resumable, tmp_path):
+    straight, state = saved_after(tmp_path, resumable, 4)
+    del state['source']  # a sidecar written before sources saved their state
+    assert_same_batches(straight, resumed_from(tmp_path, resumable, state), 4)
+
+
+def test_generator_states_round_trip_through_json_exactly():
+    import json
+    from torchcaffe.data_transformer import rng_state, set_rng_state
+    rng = np.random.default_rng([7, 8])
+    rng.integers(10, size=5)
+    state = rng_state(rng)
+    assert state['state']['state'] > 2 ** 64  # PCG64's 128-bit state, beyond a double
+    again = np.random.default_rng()
+    set_rng_state(again, json.loads(json.dumps(state)))
+    assert again.integers(2 ** 62, size=4).tolist() == rng.integers(2 ** 62, size=4).tolist()
+
+
+def counting(monkeypatch, owner, name):
+    """Patch ``owner.name`` to count its calls (and the records a Reader.next returns)."""
+    calls = {'calls': 0, 'records': 0}
+    original = getattr(owner, name)
+
+    def counted(*args, **kwargs):
+        out = original(*args, **kwargs)
+        calls['calls'] += 1
+        calls['records'] += len(out) if isinstance(out, list) else 0
+        return out
+    monkeypatch.setattr(owner, name, counted)
+    return calls
+
+
+def restore_counting(tmp_path, text, state, monkeypatch, owner, name):
+    """Load ``state`` into a fresh net's data layer and give out one batch, counting the
+    calls of ``owner.name`` meanwhile (the next batch, prefetched, included)."""
+    caffe.set_random_seed(99)
+    net = net_from(tmp_path, text, caffe.TRAIN, 'resumed.prototxt')
+    layer = net.layer_dict['data']
+    layer._prefetcher.close()  # the fresh net's own prefetch is done
+    calls = counting(monkeypatch, owner, name)
+    layer.load_state_dict(state)
+    got = {top: blob.copy() for top, blob in net.forward().items()}
+    layer._prefetcher.close()  # waits for the prefetch of the batch after
+    monkeypatch.undo()
+    return got, calls
+
+
+def next_after(net):
+    """The next batch of ``net``, its prefetching stopped after."""
+    got = {top: blob.copy() for top, blob in net.forward().items()}
+    net.layer_dict['data']._prefetcher.close()
+    return got
+
+
+@pytest.mark.parametrize('old_sidecar', [False, True])
+def test_restoring_a_database_layer_after_50_batches_reads_only_the_next_batches(
+        tmp_path, monkeypatch, old_sidecar):
+    from torchcaffe import db
+    text = DATA.replace(' rand_skip: 4', '') % (write_datum_db(tmp_path / 'db', 'lmdb'), 'LMDB')
+    straight, state = saved_after(tmp_path, text, 50)
+    want = next_after(straight)
+    if old_sidecar:
+        del state['source']
+    got, reads = restore_counting(tmp_path, text, state, monkeypatch, db.Reader, 'next')
+    for top in want:
+        np.testing.assert_array_equal(got[top], want[top])
+    # batch 51 and, prefetched, batch 52: 3 records each; an old sidecar reads the 50
+    # batches before them again
+    assert reads['records'] == (52 if old_sidecar else 2) * 3
+
+
+@pytest.mark.parametrize('old_sidecar', [False, True])
+def test_restoring_an_image_list_after_50_batches_decodes_only_the_next_batches(
+        image_list, monkeypatch, old_sidecar):
+    from torchcaffe.layer_types import data
+    images_dir, _ = image_list
+    text = IMAGE_DATA % (images_dir / 'list.txt', images_dir / 'imgs', 'shuffle: true',
+                         'transform_param { crop_size: 3 mirror: true }')
+    straight, state = saved_after(images_dir, text, 50)
+    want = next_after(straight)
+    if old_sidecar:
+        del state['source']
+    got, decodes = restore_counting(images_dir, text, state, monkeypatch, data, 'read_image')
+    for top in want:
+        np.testing.assert_array_equal(got[top], want[top])
+    assert decodes['calls'] == (52 if old_sidecar else 2) * 2

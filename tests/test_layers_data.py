@@ -582,3 +582,13 @@ def test_restoring_an_image_list_after_50_batches_decodes_only_the_next_batches(
     for top in want:
         np.testing.assert_array_equal(got[top], want[top])
     assert decodes['calls'] == (52 if old_sidecar else 2) * 2
+
+
+def test_a_saved_state_that_does_not_fit_the_source_names_the_layer(image_list):
+    from torchcaffe.layer_types.data import DataLayerError
+    images_dir, _ = image_list
+    text = IMAGE_DATA % (images_dir / 'list.txt', images_dir / 'imgs', 'shuffle: true', '')
+    _, state = saved_after(images_dir, text, 2)
+    state['source']['order'] = [0, 1, 2, 3]  # the list had 3 images when it was saved
+    with pytest.raises(DataLayerError, match=r"layer 'data' \(ImageData\).*4 entries.*3 images"):
+        resumed_from(images_dir, text, state)

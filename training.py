@@ -28,6 +28,7 @@ import sys
 
 import torchcaffe as caffe
 from torchcaffe import distributed, resume_state
+from torchcaffe.tools import plot_training_log
 
 import score
 import surgery
@@ -265,22 +266,6 @@ def parse_args(argv, description, test_every=4000):
     return parser.parse_args(argv)
 
 
-class _Tee:
-    """A text stream writing to several (stdout and the --plot log)."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
-
-
 @contextlib.contextmanager
 def curve_log(solver, enabled, append=False):
     """With ``--plot``: the run's log (the solver's glog lines and the seg-test lines)
@@ -289,24 +274,9 @@ def curve_log(solver, enabled, append=False):
     if not enabled or not distributed.is_main():
         yield
         return
-    prefix = solver.param.snapshot_prefix or 'train'
-    path, png = prefix + '.log', prefix + '_curve.png'
-    stream = open(path, 'a' if append else 'w', encoding='utf-8')
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(caffe.glog.GlogFormatter())
-    log.addHandler(handler)
-    try:
-        with contextlib.redirect_stdout(_Tee(sys.stdout, stream)):
-            yield
-    finally:
-        log.removeHandler(handler)
-        stream.close()
-        from torchcaffe.tools import plot_training_log  # matplotlib only when plotting
-        try:
-            plot_training_log.plot_logs([path], png)
-            log.info('Learning curve: %s (log %s)', png, path)
-        except ValueError as err:
-            log.warning('No learning curve: %s', err)
+    with plot_training_log.curve_log(solver.param.snapshot_prefix or 'train', append,
+                                     also_stdout=True):
+        yield
 
 
 def main(model_dir, default_weights, argv=None, test_every=4000, max_iter=None, heads=None,

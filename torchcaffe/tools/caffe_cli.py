@@ -19,6 +19,7 @@ under torchrun, one process per GPU (``torchcaffe.distributed``): the effective
 batch is the number of GPUs times the net's, as with Caffe's P2PSync.
 Bad flags and missing files end with one line ``error: ...`` and exit status 2.
 """
+import contextlib
 import logging
 import os
 import platform
@@ -30,13 +31,14 @@ import torch
 
 from .. import distributed, io, mode
 from ..errors import CaffeError
-from ..glog import GlogFormatter, LOGGER_NAME, install_default_handler
+from ..glog import LOGGER_NAME, install_default_handler
 from ..net import Net
 from ..proto import caffe_pb2
 from ..signal_handler import NONE, SNAPSHOT, STOP
 from ..solver import DivergedError, get_solver
 from . import flags as gflags
 from .net_time import time_net
+from .plot_training_log import curve_log
 
 __all__ = ['main', 'FLAGS', 'parse_gpus', 'torchrun_command']
 
@@ -226,8 +228,15 @@ def cmd_train(f, argv):
     _use(gpus)
     if parallel:
         distributed.init()
-    handler = (_plot_log_handler(param, append=bool(f['snapshot']))
-               if f['plot'] and distributed.is_main() else None)
+    plotting = (curve_log(param.snapshot_prefix, append=bool(f['snapshot']))
+                if f['plot'] and distributed.is_main() else contextlib.nullcontext())
+    with plotting:
+        _solve(source, f, sigint, sighup)
+    return 0
+
+
+def _solve(source, f, sigint, sighup):
+    """Caffe's train() from the solver on: restore or finetune, then Solve()."""
     try:
         solver = get_solver(source)
         solver.sigint_effect, solver.sighup_effect = sigint, sighup
@@ -241,38 +250,7 @@ def cmd_train(f, argv):
         solver.solve()
         log.info('Optimization Done.')
     finally:
-        if handler is not None:
-            logging.getLogger(LOGGER_NAME).removeHandler(handler)
-            handler.close()
         distributed.shutdown()
-    if handler is not None:
-        _plot(handler.baseFilename, param.snapshot_prefix + '_curve.png')
-    return 0
-
-
-def _plot_log_handler(param, append=False):
-    """Log into ``<snapshot_prefix>.log`` too (glog format), for --plot; a resumed run
-    (``append``) adds to the log so that the curve covers the whole run."""
-    path = param.snapshot_prefix + '.log'
-    folder = os.path.dirname(path)
-    if folder:
-        os.makedirs(folder, exist_ok=True)
-    handler = logging.FileHandler(path, mode='a' if append else 'w', encoding='utf-8')
-    handler.setFormatter(GlogFormatter())
-    handler.setLevel(logging.INFO)
-    logging.getLogger(LOGGER_NAME).addHandler(handler)
-    log.info('Logging to %s for --plot', path)
-    return handler
-
-
-def _plot(log_path, png):
-    from . import plot_training_log  # matplotlib only when plotting
-    try:
-        plot_training_log.plot_logs([log_path], png)
-    except ValueError as err:  # nothing logged to plot (display: 0, no tests)
-        log.warning('No learning curve: %s', err)
-        return
-    log.info('Learning curve of %s: %s', log_path, png)
 
 
 # ------------------------------------------------------------------ test

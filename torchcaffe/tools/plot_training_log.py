@@ -10,12 +10,17 @@ losses), the learning rate, and the test outputs (accuracy, loss, mean IU ...).
 Uses matplotlib's Agg backend: no display needed.
 """
 import argparse
+import contextlib
+import logging
 import os
 import sys
 
+from ..glog import GlogFormatter, LOGGER_NAME
 from .parse_log import parse_log
 
-__all__ = ['plot_tables', 'plot_logs', 'main']
+__all__ = ['plot_tables', 'plot_logs', 'curve_log', 'main']
+
+log = logging.getLogger(LOGGER_NAME)
 
 
 def _series(rows, name):
@@ -102,6 +107,54 @@ def plot_logs(logs, png, title=None):
         raise ValueError('%s: no train or test outputs to plot (no "Train net output" / '
                          '"Test net output" lines)' % ', '.join(logs))
     return plot_tables(runs, png, title)
+
+
+class _Tee:
+    """A text stream writing to several (stdout and the curve's log)."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+
+@contextlib.contextmanager
+def curve_log(prefix, append=False, also_stdout=False):
+    """While the block runs, torchcaffe's log (glog lines) also goes to
+    ``<prefix>.log`` (with ``also_stdout``, what is printed too: training.py's seg-test
+    lines); afterwards, also after a stop or an error, the learning curve of that log
+    is plotted to ``<prefix>_curve.png``. ``append`` (a resumed run) adds to the log so
+    that the curve covers the whole run. Used by ``caffe train --plot`` and
+    ``solve.py --plot``."""
+    path, png = prefix + '.log', prefix + '_curve.png'
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    stream = open(path, 'a' if append else 'w', encoding='utf-8')
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(GlogFormatter())
+    handler.setLevel(logging.INFO)
+    log.addHandler(handler)
+    log.info('Logging to %s for the learning curve', path)
+    try:
+        with (contextlib.redirect_stdout(_Tee(sys.stdout, stream)) if also_stdout
+              else contextlib.nullcontext()):
+            yield path
+    finally:
+        log.removeHandler(handler)
+        stream.close()
+        try:
+            plot_logs([path], png)
+            log.info('Learning curve: %s (log %s)', png, path)
+        except ValueError as err:  # nothing logged to plot (display: 0, no tests)
+            log.warning('No learning curve: %s', err)
 
 
 def parse_args(argv=None):

@@ -148,3 +148,11 @@ def test_decoding_matches_opencv_imdecode_in_colour_and_grey(fmt):
                                   cv2.imdecode(raw, cv2.IMREAD_COLOR).transpose(2, 0, 1))
     np.testing.assert_array_equal(dt.decode_image(data, color=False)[0],
                                   cv2.imdecode(raw, cv2.IMREAD_GRAYSCALE))
+
+
+def test_a_damaged_mean_file_is_refused_naming_the_layer_and_file(tmp_path):
+    path = tmp_path / 'mean.binaryproto'
+    path.write_bytes(b'\x0a\xff\xff')  # a length-delimited field running past the end
+    with pytest.raises(dt.TransformError, match="layer 'x': mean_file .*mean.binaryproto is "
+                                                'not a BlobProto'):
+        dt.read_mean_file(str(path), "layer 'x'")

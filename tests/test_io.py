@@ -690,3 +690,14 @@ def test_datum_round_trips_uint8_and_float():
     assert np.array_equal(io.datum_to_array(datum), img)
     flt = io.datum_to_array(io.array_to_datum(img.astype(np.float32) / 2))
     assert flt.dtype == np.float32 and np.array_equal(flt, img / np.float32(2))
+
+
+def test_blobproto_file_round_trips_and_a_truncated_one_names_the_file(tmp_path):
+    mean = np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4) / 7
+    path = str(tmp_path / 'mean.binaryproto')
+    io.write_blobproto(io.array_to_blobproto(mean), path)
+    np.testing.assert_array_equal(io.read_blobproto(path), mean)
+    with open(path, 'r+b') as f:
+        f.truncate(os.path.getsize(path) - 5)
+    with pytest.raises(FormatError, match='mean.binaryproto: not a valid BlobProto'):
+        io.read_blobproto(path)

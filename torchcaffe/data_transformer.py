@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from . import mode
-from .errors import CaffeError
+from .errors import CaffeError, FormatError
 
 __all__ = ['TransformError', 'DataTransformer', 'transform', 'crop_offsets', 'infer_shape',
            'decode_image', 'read_image', 'resize_bilinear', 'read_mean_file', 'layer_rng',
@@ -157,18 +157,14 @@ def read_mean_file(path, where=''):
         The file is missing, does not parse, or holds more than one image.
     """
     from . import io  # io imports much of the package; only needed here
-    from .proto import caffe_pb2
     prefix = '%s: ' % where if where else ''
     if not os.path.isfile(path):
         raise TransformError('%smean_file %s not found' % (prefix, os.path.abspath(path)))
-    with open(path, 'rb') as f:
-        data = f.read()
     try:
-        blob = caffe_pb2.BlobProto.FromString(data)
-        array = io.blobproto_to_array(blob)
-    except Exception as err:
+        array = io.read_blobproto(path)
+    except FormatError as err:
         raise TransformError('%smean_file %s is not a BlobProto (.binaryproto): %s'
-                             % (prefix, path, err)) from err
+                             % (prefix, path, err.message)) from err
     if array.ndim == 4:
         if array.shape[0] != 1:
             raise TransformError('%smean_file %s holds %d images, expected one'

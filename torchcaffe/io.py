@@ -359,6 +359,22 @@ def read_solverstate(path):
     return state
 
 
+def read_blobproto(path):
+    """The array of a ``.binaryproto`` file: one BlobProto (a mean image, an infogain
+    matrix), read and checked as the other binary formats (FormatError naming the file)."""
+    path = str(path)
+    blob = _read_binary(path, caffe_pb2.BlobProto, 'BlobProto (.binaryproto)',
+                        caffe_pb2.NetParameter, 'caffemodel (NetParameter)')
+    _check_blob(blob, path, 'blob')
+    return blobproto_to_array(blob)
+
+
+def write_blobproto(blob, path):
+    """Write a BlobProto as a ``.binaryproto`` file, atomically (Caffe's
+    WriteProtoToBinaryFile)."""
+    _write_bytes(path, _serialize(blob, str(path)))
+
+
 def write_solverstate(state, path):
     """Write a ``SolverState`` atomically; a ``.h5`` path writes Caffe's HDF5 layout."""
     if _is_h5(path):

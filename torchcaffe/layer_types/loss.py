@@ -435,18 +435,13 @@ class _InfogainSoftmax(torch.autograd.Function):
 def read_infogain_matrix(path, layer):
     """The matrix H stored in a binaryproto BlobProto file, as a float64 array."""
     try:
-        with open(path, 'rb') as f:
-            data = f.read()
+        array = io.read_blobproto(path)
     except OSError as err:
         raise FormatError(path, 'layer %r (%s): cannot read the infogain matrix: %s'
                           % (layer.name, layer.type, err.strerror)) from None
-    blob = caffe_pb2.BlobProto()
-    try:
-        blob.ParseFromString(data)
-        array = io.blobproto_to_array(blob)
-    except Exception as err:  # a DecodeError or a FormatError without the path
+    except FormatError as err:
         raise FormatError(path, 'layer %r (%s): not a BlobProto infogain matrix (%s)'
-                          % (layer.name, layer.type, err)) from None
+                          % (layer.name, layer.type, err.message)) from None
     return array.astype('float64')
 
 

@@ -13,7 +13,7 @@ import sys
 
 import numpy as np
 
-from .. import db
+from .. import db, io
 from ..errors import CaffeError
 from ..glog import LOGGER_NAME, install_default_handler
 from ..layer_types.data import datum_image
@@ -82,8 +82,7 @@ def main(argv=None):
         mean = compute_image_mean(args[0], values['backend'])
         if len(args) == 2:
             log.info('Write to %s', args[1])
-            with open(args[1], 'wb') as f:
-                f.write(mean_blobproto(mean).SerializeToString())
+            io.write_blobproto(mean_blobproto(mean), args[1])
     except (CaffeError, OSError) as err:
         print('compute_image_mean: %s' % err, file=sys.stderr)
         return 1

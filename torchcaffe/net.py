@@ -880,13 +880,7 @@ class Net:
             outs = self.forward(blobs=blobs, **batch)
             for out, data in outs.items():
                 all_outs[out].extend(data.copy())
-        for out in all_outs:
-            all_outs[out] = np.asarray(all_outs[out])
-        pad = len(next(iter(all_outs.values()))) - len(next(iter(kwargs.values())))
-        if pad:
-            for out in all_outs:
-                all_outs[out] = all_outs[out][:-pad]
-        return all_outs
+        return _gathered(all_outs, len(next(iter(kwargs.values()))))
 
     def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
         """Forward and backward in batches of the net's batch size (pycaffe's
@@ -917,13 +911,8 @@ class Net:
                 all_outs[out].extend(data.copy())
             for diff, data in self.backward(diffs=diffs, **bb).items():
                 all_diffs[diff].extend(data.copy())
-        all_outs = {k: np.asarray(v) for k, v in all_outs.items()}
-        all_diffs = {k: np.asarray(v) for k, v in all_diffs.items()}
-        if kwargs:
-            num = len(next(iter(kwargs.values())))
-            all_outs = {k: v[:num] for k, v in all_outs.items()}
-            all_diffs = {k: v[:num] for k, v in all_diffs.items()}
-        return all_outs, all_diffs
+        num = len(next(iter(kwargs.values()))) if kwargs else None
+        return _gathered(all_outs, num), _gathered(all_diffs, num)
 
     def _batch(self, arrays):
         """Batches of the net's batch size (the first blob's num), the last padded with
@@ -1062,6 +1051,12 @@ class Net:
                 if s._data.tensor is None:
                     s._allocate(s._data)
                 dst._data = s._data
+
+
+def _gathered(lists, num):
+    """Lists of per-item arrays as arrays of the first ``num`` items (None: all), which
+    drops the zero padding of the last batch."""
+    return {k: np.asarray(v)[:num] for k, v in lists.items()}
 
 
 def _oom_where(step):

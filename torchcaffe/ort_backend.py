@@ -404,7 +404,4 @@ def _input_shapes(net_param):
             for k, top in enumerate(lp.top):
                 spec = lp.input_param.shape[min(k, len(lp.input_param.shape) - 1)]
                 shapes[top] = tuple(spec.dim)
-    for k, name in enumerate(net_param.input):  # legacy input / input_shape fields
-        if k < len(net_param.input_shape):
-            shapes[name] = tuple(net_param.input_shape[k].dim)
-    return shapes
+    return shapes  # legacy input fields: test_net_param upgraded them to Input layers

@@ -711,18 +711,34 @@ def array_to_datum(arr, label=None):
     return datum
 
 
-def datum_to_array(datum):
+def datum_to_array(datum, color=None, where='datum'):
     """The Datum's C x H x W array (uint8 from ``data``, else float32 ``float_data``).
 
-    An ``encoded`` Datum (``convert_imageset --encoded``) is decoded as stored: BGR
-    for colour, one channel for grey (pycaffe would fail on it).
+    An ``encoded`` Datum (``convert_imageset --encoded``) is decoded: as stored (BGR
+    for colour, one channel for grey; pycaffe would fail on it) with ``color`` None,
+    else in colour (True) or grey (False).
+
+    Raises
+    ------
+    FormatError
+        ``data`` or ``float_data`` does not hold channels x height x width values (the
+        message starts with ``where``).
     """
     if datum.encoded:
         from .data_transformer import decode_image
-        return decode_image(datum.data, None, where='encoded datum')
+        return decode_image(datum.data, color, where=where)
     shape = (datum.channels, datum.height, datum.width)
+    size = shape[0] * shape[1] * shape[2]
     if len(datum.data):
+        if len(datum.data) != size:
+            raise FormatError(None, '%s: datum size mismatch: channels x height x width = %s '
+                                    'needs %d bytes, data has %d'
+                              % (where, 'x'.join(map(str, shape)), size, len(datum.data)))
         return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
+    if len(datum.float_data) != size:
+        raise FormatError(None, '%s: datum size mismatch: channels x height x width = %s '
+                                'needs %d values, float_data has %d'
+                          % (where, 'x'.join(map(str, shape)), size, len(datum.float_data)))
     return np.array(datum.float_data, dtype=np.float32).reshape(shape)
 
 

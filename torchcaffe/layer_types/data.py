@@ -22,10 +22,10 @@ import weakref
 import numpy as np
 import torch
 
-from .. import db, distributed, fillers, mode
-from ..data_transformer import DataTransformer, TransformError, decode_image, read_image
+from .. import db, distributed, fillers, io, mode
+from ..data_transformer import DataTransformer, TransformError, read_image
 from ..data_transformer import layer_rng, rng_state, set_rng_state
-from ..errors import CaffeError
+from ..errors import CaffeError, FormatError
 from ..glog import LOGGER_NAME
 from ..prefetch import Prefetcher
 from ..proto import caffe_pb2
@@ -48,22 +48,17 @@ def datum_image(datum, color=None, where='datum'):
     bytes (uint8) or ``float_data`` (float32), checked against channels x height x width.
 
     ``color`` is for encoded data: True (3 channels), False (grey) or None (as stored).
+    ``io.datum_to_array``, with an empty datum refused too, as a DataLayerError.
     """
-    if datum.encoded:
-        return decode_image(datum.data, color, where=where)
-    shape = (datum.channels, datum.height, datum.width)
-    size = shape[0] * shape[1] * shape[2]
-    if len(datum.data):
-        if len(datum.data) != size:
-            raise DataLayerError('%s: datum size mismatch: channels x height x width = %s '
-                                 'needs %d bytes, data has %d' % (where, 'x'.join(map(
-                                     str, shape)), size, len(datum.data)))
-        return np.frombuffer(datum.data, dtype=np.uint8).reshape(shape)
-    if len(datum.float_data) != size or size == 0:
+    try:
+        array = io.datum_to_array(datum, color, where)
+    except FormatError as err:
+        raise DataLayerError(err.message) from None
+    if array.size == 0 and not datum.encoded:
         raise DataLayerError('%s: datum size mismatch: channels x height x width = %s needs '
-                             '%d values, float_data has %d' % (where, 'x'.join(map(str, shape)),
-                                                               size, len(datum.float_data)))
-    return np.asarray(datum.float_data, dtype=np.float32).reshape(shape)
+                             '0 values, float_data has 0'
+                             % (where, 'x'.join(map(str, array.shape))))
+    return array
 
 
 def _read_lines(path, what, where):

@@ -47,6 +47,7 @@ layers read it with ``ast.literal_eval``, never ``eval``.
 """
 import contextlib
 import contextvars
+import functools
 import importlib
 import importlib.util
 import os
@@ -184,8 +185,10 @@ def _inside(path, folder):
         return False
 
 
+@functools.lru_cache(maxsize=1)
 def _system_folders():
-    """Folders of the standard library and of installed packages, as real paths."""
+    """Folders of the standard library and of installed packages, as real paths (fixed
+    for the process: worked out once, not for every path checked)."""
     paths = sysconfig.get_paths()
     folders = [paths.get(key) for key in ('stdlib', 'platstdlib', 'purelib', 'platlib')]
     folders += getattr(site, 'getsitepackages', list)()

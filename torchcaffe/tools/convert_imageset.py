@@ -6,7 +6,11 @@ LISTFILE has one ``subfolder/file.jpg label`` a line (the label follows the last
 space); ROOTFOLDER is prepended to each name as it is (keep its trailing slash).
 As ``tools/convert_imageset.cpp``: records are keyed ``%08d_<name>`` by list
 position, committed every 1000; images that cannot be read are skipped with a
-warning; the database must not exist yet. Flags:
+warning; the database must not exist yet. Unlike Caffe, the database is built in
+``DB_NAME.partial-<pid>`` and renamed to DB_NAME only when complete: a killed run
+leaves no short database under DB_NAME, and the next run says it found the
+leftover, removes it and starts again; a failed write (full disk, ``ulimit -f``,
+permissions) is one error line naming the database and the cause. Flags:
 
 - ``--gray``: one grey channel (default: 3 channels, BGR);
 - ``--shuffle``: shuffle the list first (seeded by ``caffe.set_random_seed``'s
@@ -160,6 +164,7 @@ def convert_imageset(root_folder, list_file, db_name, gray=False, shuffle=False,
                 writer.commit()
                 log.info('Processed %d files.', count)
         if count % 1000 != 0:
+            writer.commit()
             log.info('Processed %d files.', count)
     return count
 

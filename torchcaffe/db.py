@@ -85,7 +85,10 @@ class Reader:
             raise DBError('%scannot open %s database %s: %s'
                           % (prefix, self.backend, self.path, _err_text(err))) from err
         self._next_key = None
-        self._last_key = self._leveldb_last_key() if self.backend == 'leveldb' else None
+        self._last_key = self._has_tables = None
+        if self.backend == 'leveldb':
+            self._last_key = self._leveldb_last_key()
+            self._has_tables = bool(_leveldb_tables(self._db))
         first = self._read(None, 1)
         if not first:
             raise DBError('%s%s database %s is empty' % (prefix, self.backend, self.path))
@@ -114,7 +117,11 @@ class Reader:
         except Exception as err:  # LMDB's MDB_CORRUPTED, LevelDB's checksum mismatches
             self._damaged(err)
         if self.backend == 'leveldb' and len(out) < count and not self._ended_well(start, out):
-            where = 'after key %r' % out[-1][0] if out else 'at key %r' % start
+            if self._last_key is None:
+                self._damaged('its manifest lists tables, but no record can be read (a '
+                              'block failed its checksum)')
+            where = ('after key %r' % out[-1][0] if out else
+                     'at the first key' if start is None else 'at key %r' % start)
             self._damaged('reading stopped %s, before its last key %r (a block failed its '
                           'checksum)' % (where, self._last_key))
         return out
@@ -123,8 +130,8 @@ class Reader:
         """Whether a LevelDB iteration from ``start`` that gave ``out`` and ended
         reached the real end (the last key), rather than a damaged block."""
         last = self._last_key
-        if last is None:
-            return not out
+        if last is None:  # nothing read backwards either: empty, unless tables are listed
+            return not out and not self._has_tables
         if out:
             return out[-1][0] >= last
         return start is not None and start > last
@@ -332,10 +339,7 @@ def check_leveldb_tables(path, handle):
     DBError
         A table file is truncated or missing; the message names it and both sizes.
     """
-    listing = handle.get_property(b'leveldb.sstables') or b''
-    # LevelDB's VersionSet debug listing: " <number>:<bytes>[<smallest> .. <largest>]"
-    for number, size in re.findall(rb'^ (\d+):(\d+)\[', listing, re.M):
-        number, size = int(number), int(size)
+    for number, size in _leveldb_tables(handle):
         names = [os.path.join(path, '%06d.%s' % (number, ext)) for ext in ('ldb', 'sst')]
         present = [name for name in names if os.path.exists(name)]
         if not present:
@@ -346,6 +350,13 @@ def check_leveldb_tables(path, handle):
             raise DBError('leveldb database %s is truncated: %s holds %d bytes, its '
                           'manifest says %d; copy it again or rebuild it'
                           % (path, present[0], have, size))
+
+
+def _leveldb_tables(handle):
+    """(file number, bytes) of each table file the manifest lists."""
+    listing = handle.get_property(b'leveldb.sstables') or b''
+    # LevelDB's VersionSet debug listing: " <number>:<bytes>[<smallest> .. <largest>]"
+    return [(int(n), int(s)) for n, s in re.findall(rb'^ (\d+):(\d+)\[', listing, re.M)]
 
 
 def _err_text(err):

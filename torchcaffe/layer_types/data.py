@@ -434,9 +434,12 @@ class _HDF5Source:
                                              'datasets; it has %s)'
                                              % (self.where, path, name, sorted(f)))
                     arrays.append(np.asarray(f[name], dtype=np.float32))
-        except OSError as err:
-            raise DataLayerError('%s: cannot read HDF5 file %s: %s'
-                                 % (self.where, path, err)) from err
+        except DataLayerError:
+            raise
+        except (OSError, RuntimeError, KeyError, ValueError, TypeError) as err:
+            # h5py's errors on a damaged or truncated file ("truncated file: eof = ...")
+            raise DataLayerError('%s: cannot read HDF5 file %s: %s: %s'
+                                 % (self.where, path, type(err).__name__, err)) from err
         rows = {a.shape[0] if a.ndim else 0 for a in arrays}
         if len(rows) != 1 or 0 in rows:
             raise DataLayerError('%s: datasets %s of %s have %s rows; they need the same, '

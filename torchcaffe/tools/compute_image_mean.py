@@ -38,7 +38,7 @@ def compute_image_mean(db_path, backend='lmdb'):
     CaffeError
         A record whose size differs from the first's, or an empty database.
     """
-    reader = db.open_reader(db_path, backend, 'compute_image_mean')
+    reader = db.open_reader(db_path, backend)  # main's messages name the tool
     total = None
     count = 0
     try:

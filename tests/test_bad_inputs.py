@@ -53,6 +53,7 @@ import surgery
 import training
 import voc_layers
 from seg_layers import DataFileNotFoundError, DataLayerError
+from torchcaffe.layer_types.data import DataLayerError as DBLayerError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -841,6 +842,102 @@ def download_no_url_file(ctx):
     download.download(ctx.path('no-url'), stream=False)
 
 
+# ------------------------------------------------------------------------ databases
+
+def small_database(ctx, name, backend='lmdb', count=40, size=(16, 16)):
+    """A database of ``count`` random images made by convert_imageset; returns its path."""
+    from torchcaffe.tools import convert_imageset
+    rng = np.random.default_rng(0)
+    os.makedirs(ctx.path('img'), exist_ok=True)
+    lines = []
+    for i in range(count):
+        Image.fromarray(rng.integers(0, 256, size + (3,), dtype=np.uint8)).save(
+            ctx.path('img', '%d.png' % i))
+        lines.append('img/%d.png %d\n' % (i, i % 10))
+    list_file = ctx.write('list.txt', ''.join(lines))
+    out = ctx.path(name)
+    assert convert_imageset.main(['--backend', backend, ctx.tmp + '/', list_file, out]) == 0
+    return out
+
+
+def data_layer(ctx, source, backend):
+    return build(ctx, 'layer { name: "data" type: "Data" top: "data" top: "label" data_param '
+                 '{ source: "%s" backend: %s batch_size: 2 } }\n' % (source, backend),
+                 phase=caffe.TRAIN)
+
+
+def lmdb_cut_in_half(ctx):
+    out = small_database(ctx, 'train_lmdb')
+    data = os.path.join(out, 'data.mdb')
+    os.truncate(data, os.path.getsize(data) // 2)  # mapped, it would die of SIGBUS
+    return out
+
+
+def lmdb_truncated(ctx):
+    data_layer(ctx, lmdb_cut_in_half(ctx), 'LMDB')
+
+
+def leveldb_table_truncated(ctx):
+    import plyvel
+    out = small_database(ctx, 'train_leveldb', 'leveldb')
+    d = plyvel.DB(out)
+    d.compact_range()  # the records into a table file
+    d.close()
+    table = [f for f in os.listdir(out) if f.endswith('.ldb')][0]
+    os.truncate(os.path.join(out, table), os.path.getsize(os.path.join(out, table)) // 2)
+    data_layer(ctx, out, 'LEVELDB')
+
+
+def leveldb_log_checksum(ctx):
+    out = small_database(ctx, 'train_leveldb', 'leveldb')
+    log = [f for f in os.listdir(out) if f.endswith('.log')][0]
+    with open(os.path.join(out, log), 'r+b') as f:
+        f.seek(os.path.getsize(os.path.join(out, log)) // 2)
+        byte = f.read(1)
+        f.seek(-1, os.SEEK_CUR)
+        f.write(bytes([byte[0] ^ 0xFF]))
+    data_layer(ctx, out, 'LEVELDB')
+
+
+def hdf5_data_truncated(ctx):
+    path = ctx.path('train.h5')
+    with h5py.File(path, 'w') as f:
+        f['data'] = np.zeros((4, 3, 8, 8), np.float32)
+        f['label'] = np.zeros(4, np.float32)
+    os.truncate(path, os.path.getsize(path) // 2)
+    source = ctx.write('h5list.txt', path + '\n')
+    build(ctx, 'layer { name: "h5" type: "HDF5Data" top: "data" top: "label" '
+          'hdf5_data_param { source: "%s" batch_size: 2 } }\n' % source, phase=caffe.TRAIN)
+
+
+def caffemodel_h5_truncated(ctx):
+    net = build(ctx, input_layer(), conv('conv', 'data'), name='h5net.prototxt')
+    path = ctx.path('cut.caffemodel.h5')
+    net.save_hdf5(path)
+    os.truncate(path, os.path.getsize(path) // 2)
+    build(ctx, input_layer(), conv('conv', 'data'), name='h5net.prototxt', weights=path)
+
+
+def cli_compute_image_mean_truncated_lmdb(ctx):
+    from torchcaffe.tools import compute_image_mean
+    out = lmdb_cut_in_half(ctx)
+    ctx.write('mean.binaryproto.absent', '')
+    return compute_image_mean.main, [out, ctx.path('mean.binaryproto')]
+
+
+def cli_convert_imageset_file_size_limit(ctx):
+    small_database(ctx, 'first_lmdb', count=120, size=(64, 64))  # 1.4 MB of records
+    ctx.write('full_lmdb.absent', '')
+    # a full disk, for real: writes past 512 KB fail with EFBIG (SIGXFSZ ignored)
+    limit = ('import resource, runpy, signal, sys\n'
+             'signal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n'
+             'resource.setrlimit(resource.RLIMIT_FSIZE, (524288, 524288))\n'
+             'sys.argv = sys.argv[1:]\n'
+             'runpy.run_path(sys.argv[0], run_name="__main__")\n')
+    return [sys.executable, '-c', limit, os.path.join(ROOT, 'tools', 'convert_imageset.py'),
+            ctx.tmp + '/', ctx.path('list.txt'), ctx.path('full_lmdb')]
+
+
 # ------------------------------------------------------------------------ command lines
 
 def cli_score_missing_prototxt(ctx):
@@ -1114,6 +1211,27 @@ CASES = [
          download.DownloadError, ['SHA-256', 'unchanged'], download_checksum_mismatch),
     Case('download-no-url-file', 'a folder without caffemodel-url', 'download.download',
          download.DownloadError, ['caffemodel-url not found'], download_no_url_file),
+    # --- databases and HDF5 inputs cut short or damaged
+    Case('lmdb-truncated', 'data.mdb cut to half (an interrupted copy)', 'Net(prototxt) Data',
+         DBLayerError, ["layer 'data' (Data)", 'data.mdb', 'is truncated', 'holds', 'needs'],
+         lmdb_truncated),
+    Case('leveldb-table-truncated', 'a .ldb table cut to half', 'Net(prototxt) Data',
+         DBLayerError, ['train_leveldb', '.ldb', 'is truncated', 'manifest says'],
+         leveldb_table_truncated),
+    Case('leveldb-log-checksum', 'a byte of the log flipped', 'Net(prototxt) Data',
+         DBLayerError, ['train_leveldb', 'checksum mismatch'], leveldb_log_checksum),
+    Case('hdf5-data-truncated', 'an HDF5Data source file cut to half', 'Net(prototxt) HDF5Data',
+         DBLayerError, ["layer 'h5' (HDF5Data)", 'train.h5', 'truncated file'],
+         hdf5_data_truncated),
+    Case('caffemodel-h5-truncated', 'HDF5 weights cut to half', 'Net(prototxt, weights)',
+         FormatError, ['cut.caffemodel.h5', 'truncated file'], caffemodel_h5_truncated),
+    Case('cli-compute-image-mean-truncated-lmdb', 'data.mdb cut to half', 'compute_image_mean',
+         CLI, ['compute_image_mean: lmdb database', 'data.mdb', 'is truncated'],
+         cli_compute_image_mean_truncated_lmdb),
+    Case('cli-convert-imageset-full-disk', 'RLIMIT_FSIZE 512 KB for 1.4 MB of records',
+         'python tools/convert_imageset.py', CLI,
+         ['cannot write lmdb database', 'full_lmdb', 'file-size limit (ulimit -f) of 524288',
+          'partial build was removed'], cli_convert_imageset_file_size_limit),
     # --- command lines: one line on stderr, non-zero exit
     Case('cli-score-missing-prototxt', 'no such net file', 'score.py', CLI,
          ['score.py: error', 'absent_val.prototxt'], cli_score_missing_prototxt),
@@ -1153,11 +1271,14 @@ CASES = [
 # ------------------------------------------------------------------------ the tests
 
 def leftover_temp_files(root):
-    """Files a failed atomic write or probe would leave: ``.<name>.<random>.tmp``."""
+    """Files a failed atomic write or probe would leave: ``.<name>.<random>.tmp``, and
+    the folder of a database build that failed."""
     found = []
-    for folder, _, files in os.walk(root):
+    for folder, folders, files in os.walk(root):
         found += [os.path.join(folder, f) for f in files
                   if f.endswith(('.tmp', '.tempfile'))]
+        # a database a tool was building: ``<name>.partial-<pid>``
+        found += [os.path.join(folder, f) for f in folders if re.search(r'\.partial-\d+$', f)]
     return found
 
 

@@ -235,8 +235,8 @@ def _open_shared(backend, path):
                                    max_readers=126, subdir=True)
             else:
                 import plyvel
-                # paranoid_checks: a log record failing its checksum fails the open
-                # instead of being dropped quietly (LevelDB's default, and Caffe's).
+                # paranoid_checks: a log record failing its checksum fails the open;
+                # LevelDB's default (which Caffe keeps) drops it and opens the rest.
                 handle = plyvel.DB(path, create_if_missing=False, paranoid_checks=True)
                 try:
                     check_leveldb_tables(path, handle)
@@ -259,21 +259,21 @@ def _close_shared(backend, path):
                 entry[0].close()
 
 
-def _lmdb_meta(header, offset):
-    """(txnid, last_pgno, page_size) of the meta page at ``offset`` of ``header`` (the
-    first bytes of data.mdb), or None when it is not an LMDB meta page as a 64-bit
-    little-endian LMDB 0.9 writes it."""
+def _lmdb_meta(page):
+    """(txnid, last_pgno, page_size) of the meta page whose first bytes are ``page``,
+    or None when it is not an LMDB meta page as a 64-bit little-endian LMDB 0.9
+    writes it."""
     # lmdb/mdb.c: a 16-byte page header (pgno, pad, flags, lower/upper), then MDB_meta:
     # magic, version, address, mapsize, two MDB_db of 48 bytes (the first's md_pad
     # holds the page size), last_pg, txnid.
-    if len(header) < offset + _META_END:
+    if len(page) < _META_END:
         return None
-    flags, = struct.unpack_from('<H', header, offset + 10)
-    magic, version = struct.unpack_from('<II', header, offset + 16)
+    flags, = struct.unpack_from('<H', page, 10)
+    magic, version = struct.unpack_from('<II', page, 16)
     if magic != _LMDB_MAGIC or version != 1 or not flags & 0x08:  # P_META
         return None
-    psize, = struct.unpack_from('<I', header, offset + 16 + 24)
-    last_pgno, txnid = struct.unpack_from('<QQ', header, offset + 16 + 120)
+    psize, = struct.unpack_from('<I', page, 16 + 24)
+    last_pgno, txnid = struct.unpack_from('<QQ', page, 16 + 120)
     return txnid, last_pgno, psize
 
 
@@ -304,8 +304,7 @@ def check_lmdb_size(path):
         return  # missing or unreadable: LMDB's own open says so
     try:
         size = os.fstat(fd).st_size
-        first = os.pread(fd, _META_END, 0)
-        meta = _lmdb_meta(first, 0)
+        meta = _lmdb_meta(os.pread(fd, _META_END, 0))
         if meta is None:
             if size < _META_END:
                 raise DBError('lmdb database %s is truncated: %s holds %d bytes, less than '
@@ -315,7 +314,7 @@ def check_lmdb_size(path):
         if psize < 512 or psize & (psize - 1):
             return
         metas = [meta]
-        second = _lmdb_meta(os.pread(fd, _META_END, psize), 0)
+        second = _lmdb_meta(os.pread(fd, _META_END, psize))
         if second is not None:
             metas.append(second)
     finally:

@@ -1029,6 +1029,15 @@ class Net:
         """Copy weights from an HDF5 caffemodel (pycaffe's ``load_hdf5``)."""
         self.copy_from(path)
 
+    def to_module(self, blobs=None):
+        """An ``nn.Module`` over this net (:class:`torchcaffe.module.NetModule`): its
+        parameters share the learnable blobs' storage, ``module(**inputs)`` returns
+        the outputs (and ``blobs``), and ``module.param_groups(base_lr, weight_decay)``
+        gives ``torch.optim`` Caffe's multipliers. For torch.optim, AMP, DDP,
+        torch.compile and torch.export."""
+        from .module import NetModule
+        return NetModule(self, blobs=blobs)
+
     def share_with(self, other):
         """Share the learnable blobs' data (not diffs) of same-named layers of ``other``
         (Caffe's ShareTrainedLayersWith): writes through either net show in both."""

@@ -242,6 +242,18 @@ def test_params_share_storage_with_the_blobs_both_ways():
         == after.tobytes()
 
 
+def test_forward_leaves_the_nets_blobs_alone():
+    net = zoo_net()
+    engine_forward(net, {'data': image((2, 3, 17, 19))})
+    kept = {name: blob.data.copy() for name, blob in net.blobs.items()}
+    module = net.to_module()
+    got = module_forward(module, {'data': image((1, 3, 23, 14), seed=9)})
+    assert got['prob'].shape == (1, 6)
+    assert list(net.blobs) == list(kept)
+    for name, data in kept.items():
+        np.testing.assert_array_equal(net.blobs[name].data, data, err_msg=name)
+
+
 def test_frozen_blobs_do_not_require_grad():
     net = zoo_net()
     module = net.to_module()
@@ -346,14 +358,13 @@ def max_rel_gap(caffe_ws, torch_ws):
 
 def test_torch_sgd_with_param_groups_matches_caffe_sgd_at_a_constant_rate():
     caffe_ws, torch_ws = train_both('lr_policy: "fixed"', steps=6, caffe_momentum=False)
-    start = caffe.Net(inline(SGD_NET), caffe.TRAIN)  # same fillers, same seed: the start
     start_ws = [b.data for b in caffe_solver('lr_policy: "fixed"').net.learnable_params]
-    assert len(start_ws) == 5 and len(start.learnable_params) == 5
+    assert len(start_ws) == 5  # the solver's fillers are seeded: the same start
     moved = [not np.array_equal(a, b) for a, b in zip(caffe_ws, start_ws)]
     assert moved == [True, True, True, True, False]  # ip3's bias: lr_mult 0
     # Caffe: V = m V + lr (g + wd w); torch: b = m b + (g + wd w), w -= lr b. The
-    # same weights at a constant rate, rounded differently in float32.
-    assert max_rel_gap(caffe_ws, torch_ws) < 1e-5
+    # same weights at a constant rate, rounded differently in float32 (1.9e-7 here).
+    assert max_rel_gap(caffe_ws, torch_ws) < 1e-6
 
 
 def test_a_rate_change_enters_torchs_momentum_unless_set_base_lr_rescales_it():
@@ -364,9 +375,10 @@ def test_a_rate_change_enters_torchs_momentum_unless_set_base_lr_rescales_it():
         np.testing.assert_array_equal(a, b)
     # After the step at iteration 3, torch's update scales the whole momentum by the
     # new rate (lr_new * m * b) where Caffe keeps the old rate's history (m * V):
-    # the weights part by far more than float rounding.
-    assert max_rel_gap(caffe_ws, plain_ws) > 1e-3
-    assert max_rel_gap(caffe_ws, rescaled_ws) < 1e-5
+    # the weights part by far more than float rounding (0.52 of the largest weight
+    # here). Rescaled by set_base_lr, torch's buffer is Caffe's history over the rate.
+    assert max_rel_gap(caffe_ws, plain_ws) > 0.1
+    assert max_rel_gap(caffe_ws, rescaled_ws) < 1e-6
 
 
 # ------------------------------------------------------------------------ torch.compile / export

@@ -387,7 +387,7 @@ def test_torch_compile_traces_one_graph_with_the_same_outputs():
     if shutil.which(os.environ.get('CC', 'cc')) is None and shutil.which('gcc') is None:
         pytest.skip('torch.compile (inductor) needs a C compiler; none on PATH')
     net = zoo_net()
-    module = net.to_module(blobs=['res2'])
+    module = net.to_module(blobs=['res2', 'fc'])
     x = torch.from_numpy(image((2, 3, 17, 19)))
     torch._dynamo.reset()
     explained = torch._dynamo.explain(module)(data=x)
@@ -395,8 +395,8 @@ def test_torch_compile_traces_one_graph_with_the_same_outputs():
     compiled = torch.compile(module)
     with torch.no_grad():
         got = compiled(data=x)
-    want = engine_forward(net, {'data': x.numpy()}, ['res2'])
-    for name in ('prob', 'res2'):
+    want = engine_forward(net, {'data': x.numpy()}, ['res2', 'fc'])
+    for name in ('prob', 'res2', 'fc'):
         np.testing.assert_allclose(got[name].numpy(), want[name], rtol=1e-5, atol=1e-6,
                                    err_msg=name)
     torch._dynamo.reset()
@@ -517,3 +517,85 @@ def test_module_is_a_netmodule_and_its_phase_is_the_nets():
     module = net.to_module()
     assert isinstance(module, NetModule) and isinstance(module, torch.nn.Module)
     assert module.phase == caffe.TRAIN
+
+
+def test_inputs_may_come_by_position_in_the_nets_input_order():
+    module = caffe.Net(inline(PARAMS_NET), caffe.TRAIN).to_module(blobs=['ip2'])
+    data, label = (torch.from_numpy(a) for a in batch(0))
+    by_name = module(data=data, label=label)
+    by_position = module(data, label)
+    assert module.inputs == ['data', 'label']
+    assert sorted(by_position) == ['ip2', 'loss']
+    for name in by_name:
+        assert torch.equal(by_name[name], by_position[name]), name
+    with pytest.raises(CaffeError, match="'data' given by position and by name"):
+        module(data, data=data, label=label)
+
+
+DUMMY_NET = '''
+name: "dummy"
+layer { name: "data" type: "DummyData" top: "data"
+        dummy_data_param { shape { dim: 2 dim: 3 } data_filler { type: "constant" value: 1.5 } } }
+layer { name: "ip" type: "InnerProduct" bottom: "data" top: "ip"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+'''
+
+
+def test_a_data_layer_runs_unless_its_tops_are_given():
+    net = caffe.Net(inline(DUMMY_NET), caffe.TEST)
+    module = net.to_module()
+    with torch.no_grad():
+        own = module()['ip']
+        given = module(data=torch.full((2, 3), -1.0))['ip']
+    np.testing.assert_array_equal(own.numpy(), net.forward()['ip'])
+    w = net.params['ip'][0].data
+    np.testing.assert_allclose(given.numpy(), np.full((2, 3), -1.0) @ w.T, rtol=1e-6)
+
+
+PY_LAYERS = '''
+import caffe
+
+
+class Triple(caffe.Layer):
+    def setup(self, bottom, top):
+        pass
+
+    def reshape(self, bottom, top):
+        top[0].reshape(*bottom[0].data.shape)
+
+    def forward(self, bottom, top):
+        top[0].data[...] = 3 * bottom[0].data
+
+    def backward(self, top, propagate_down, bottom):
+        if propagate_down[0]:
+            bottom[0].diff[...] = 3 * top[0].diff
+'''
+
+PY_NET = '''
+name: "py"
+force_backward: true
+layer { name: "input" type: "Input" top: "x" input_param { shape { dim: 2 dim: 3 } } }
+layer { name: "triple" type: "Python" bottom: "x" top: "y"
+        python_param { module: "MODULE" layer: "Triple" } }
+layer { name: "ip" type: "InnerProduct" bottom: "y" top: "ip"
+        inner_product_param { num_output: 2 weight_filler { type: "gaussian" } } }
+'''
+
+
+def test_python_layers_run_through_their_blobs_in_eager_mode(tmp_path, monkeypatch):
+    name = 'module_test_layers_%d' % os.getpid()
+    (tmp_path / (name + '.py')).write_text(PY_LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv('TORCHCAFFE_PYTHON_LAYER_PATH', str(tmp_path))
+    try:
+        net = caffe.Net(inline(PY_NET.replace('MODULE', name)), caffe.TRAIN)
+        module = net.to_module()
+        x = torch.from_numpy(image((2, 3))).requires_grad_(True)
+        out = module(x=x)['ip']
+        out.sum().backward()
+        np.testing.assert_array_equal(out.detach().numpy(), net.forward(x=x.detach().numpy())['ip'])
+        w = net.params['ip'][0].data
+        # d sum(W 3x) / dx = 3 * column sums of W: through the layer's own backward
+        np.testing.assert_allclose(x.grad.numpy(), np.tile(3 * w.sum(0), (2, 1)), rtol=1e-6)
+    finally:
+        sys.modules.pop(name, None)

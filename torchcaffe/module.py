@@ -167,11 +167,13 @@ class NetModule(nn.Module):
 
     # ---- forward ---------------------------------------------------------------------
 
-    def forward(self, **inputs):
+    def forward(self, *args, **inputs):
         """Run the net forward on ``inputs`` and return its outputs.
 
         Parameters
         ----------
+        *args : torch.Tensor or array
+            The inputs by position, in :attr:`inputs` order.
         **inputs : torch.Tensor or array
             Input blob name -> value, for every Input top of the net, of any batch
             and spatial size the layers take. The tops of a data layer (a layer
@@ -186,6 +188,15 @@ class NetModule(nn.Module):
             ``blobs`` given to ``to_module``). A blob that layers change in place
             holds its last value, as ``net.blobs`` does after a forward.
         """
+        if args:
+            if len(args) > len(self.inputs):
+                raise CaffeError('net %r module: %d positional inputs; the net takes %d (%s)'
+                                 % (self.net_name, len(args), len(self.inputs), self.inputs))
+            for name, value in zip(self.inputs, args):
+                if name in inputs:
+                    raise CaffeError('net %r module: input %r given by position and by name'
+                                     % (self.net_name, name))
+                inputs[name] = value
         if not _tracing():
             self._check_inputs(inputs)
         return _run(self, inputs)

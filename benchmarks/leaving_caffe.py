@@ -3,6 +3,7 @@
 
     python benchmarks/leaving_caffe.py            # narrow nets, about two minutes
     python benchmarks/leaving_caffe.py --full     # and full-width FCN-8s at 500 x 500
+    python benchmarks/leaving_caffe.py --full --only full   # that one alone
 
 For each net of ``tests/test_module.py`` (the narrow FCN deploy nets, FCN-AlexNet and
 the ResNet-style zoo net, random weights) it runs the engine and each way out on the
@@ -53,12 +54,12 @@ def nets(full):
 def engine(net, x, out):
     net.blobs['data'].reshape(*x.shape)
     net.reshape()
-    return np.array(net.forward(data=x)[out])
+    return np.array(net.forward(blobs=[out], data=x)[out])
 
 
 def ways(net, x, out):
     """Way name -> output array, or a string saying why there is none."""
-    module = net.to_module()
+    module = net.to_module(blobs=[out])
     t = torch.from_numpy(x)
     results = {}
     with torch.no_grad():
@@ -69,7 +70,7 @@ def ways(net, x, out):
         results['compile'] = torch.compile(module)(data=t)[out].numpy()
     try:
         import onnxruntime as ort
-        model = onnx_export.to_onnx(net)
+        model = onnx_export.to_onnx(net, outputs=[out])
         session = ort.InferenceSession(model.SerializeToString(),
                                        providers=['CPUExecutionProvider'])
         results['onnx'] = session.run([out], {'data': x})[0]
@@ -83,11 +84,14 @@ def ways(net, x, out):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--full', action='store_true', help='also full-width FCN-8s')
+    parser.add_argument('--only', default='', help='only the nets whose label has this text')
     args = parser.parse_args(argv)
     caffe.set_mode_cpu()
     print('%-44s %10s  %-9s %-9s %-9s %s' % ('net', 'max |out|', 'module', 'export',
                                              'compile', 'onnx'))
     for label, net, shape, out in nets(args.full):
+        if args.only not in label:
+            continue
         x = np.random.default_rng(1).normal(0, 20, shape).astype(np.float32)
         want = engine(net, x, out)
         cells = []

@@ -24,17 +24,21 @@ import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path[:0] = [ROOT, os.path.join(ROOT, 'tests')]
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
 
 import torchcaffe as caffe  # noqa: E402
 from torchcaffe import onnx_export  # noqa: E402
-from random_weights import randomize  # noqa: E402
-from test_module import zoo_net, CLASSES, WIDTH  # noqa: E402
-from nets import alexnet, voc  # noqa: E402
 
 
 def nets(full):
     """(label, net, input shape, output name) of each net measured."""
+    # The nets of the tests, imported here so that collecting this file as a doctest
+    # module (pytest's testpaths) does not import the test module a second time.
+    sys.path.insert(0, os.path.join(ROOT, 'tests'))
+    from random_weights import randomize
+    from test_module import zoo_net, CLASSES, WIDTH
+    from nets import alexnet, voc
     for stage in ('fcn32s', 'fcn16s', 'fcn8s', 'fcn8s-atonce'):
         net = caffe.Net(voc.stage_nets(stage, classes=CLASSES, width=WIDTH)['deploy'],
                         caffe.TEST)

@@ -272,7 +272,9 @@ class NetModule(nn.Module):
     @staticmethod
     def _run_python(plan, bottoms, params):
         """A Python layer works on blobs (pycaffe's API): its bottoms are bound to the
-        net's bottom blobs, then it runs as in the engine. Eager mode only."""
+        net's bottom blobs, then it runs as in the engine. Eager mode only; the
+        layer's own learnable blobs get their gradients in their diffs, as the
+        layer's backward writes them, not in the parameters' ``.grad``."""
         step = plan.step
         if _tracing():
             raise CaffeError('layer %r (Python) works on blobs and cannot be traced by '

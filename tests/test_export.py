@@ -290,11 +290,23 @@ def test_shared_params_are_stored_once():
     assert_matches_engine(model, net, {'data': image((1, 2, 6, 4))})
 
 
-def test_unknown_layer_type_names_the_layer():
-    text = ZOO + 'layer { name: "am" type: "ArgMax" bottom: "prob" top: "am" }'
+def test_loss_layer_is_refused_by_name_with_the_deploy_hint():
+    text = ZOO + '''
+        layer { name: "label" type: "Input" top: "label"
+                input_param { shape { dim: 1 dim: 1 dim: 10 dim: 12 } } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "crop" bottom: "label"
+                top: "loss" }'''
     net = caffe.Net(inline_net(text), caffe.TEST)
-    with pytest.raises(UnknownLayerError, match="layer 'am' has type 'ArgMax'.*supported"):
+    with pytest.raises(UnknownLayerError,
+                       match="layer 'loss' has type 'SoftmaxWithLoss'.*loss layer.*deploy net"):
         onnx_export.to_onnx(net)
+
+
+def test_unknown_layer_type_names_the_layer_and_lists_the_supported():
+    lp = caffe_pb2.LayerParameter(name='odd', type='Frobnicate')
+    with pytest.raises(UnknownLayerError,
+                       match="layer 'odd' has type 'Frobnicate'.*supported types: .*ArgMax"):
+        onnx_export.check_supported([lp])
 
 
 def test_unknown_layer_in_a_file_fails_before_the_weights_and_keeps_old_output(tmp_path):

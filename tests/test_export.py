@@ -10,13 +10,11 @@ variants, two-bottom Scale, Slice, Reshape ...).
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import pytest
-from google.protobuf import text_format
 
 import export as export_cli
 import torchcaffe as caffe
-from random_weights import randomize
+from onnx_check import assert_matches_engine, deploy_net, image, inline_net, run_onnx
 from torchcaffe import caffe_pb2, io, onnx_export
 from torchcaffe.errors import CaffeError, FormatError, UnknownLayerError
 from nets import alexnet, voc
@@ -24,51 +22,6 @@ from nets import alexnet, voc
 CLASSES = 5
 WIDTH = 1 / 16
 FCN_SIZES = [(1, 37, 45), (2, 64, 51)]   # (batch, height, width)
-
-
-# ------------------------------------------------------------------------ helpers
-
-def run_engine(net, inputs, blobs):
-    for name, value in inputs.items():
-        net.blobs[name].reshape(*value.shape)
-    net.reshape()
-    out = net.forward(blobs=list(blobs), **inputs)
-    return {name: np.array(out[name]) for name in blobs}
-
-
-def run_onnx(model, inputs):
-    session = ort.InferenceSession(model.SerializeToString(), providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(names, inputs)))
-
-
-def image(shape, seed=1):
-    return np.random.default_rng(seed).normal(0, 20, shape).astype(np.float32)
-
-
-def assert_matches_engine(model, net, inputs):
-    """onnxruntime and the engine agree on every output within float32 rounding."""
-    got = run_onnx(model, inputs)
-    want = run_engine(net, inputs, [name.split('@')[0] for name in got])
-    for name, value in got.items():
-        ref = want[name.split('@')[0]]
-        assert value.shape == ref.shape, name
-        # NaN where Caffe divides by an empty window (AVE with kernel < stride)
-        np.testing.assert_array_equal(np.isnan(value), np.isnan(ref))
-        value, ref = value[~np.isnan(ref)], ref[~np.isnan(ref)]
-        scale = np.abs(ref).max(initial=0)
-        assert np.abs(value - ref).max(initial=0) <= 1e-5 * scale + 1e-5, (name, scale)
-    return got
-
-
-def deploy_net(proto, seed=0):
-    net = caffe.Net(proto, caffe.TEST)
-    randomize(net, seed)
-    return net
-
-
-def inline_net(text):
-    return text_format.Parse(text, caffe_pb2.NetParameter())
 
 
 # ------------------------------------------------------------------------ FCN deploy nets

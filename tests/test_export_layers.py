@@ -250,3 +250,317 @@ def test_export_script_check_passes_on_each_neuron_layer(tmp_path, capsys):
         assert export_cli.main([str(proto), str(weights), str(tmp_path / 'n.onnx'),
                                 '--check']) == 0, case
         assert capsys.readouterr().out.rstrip().endswith('ok'), case
+
+
+# ------------------------------------------------------------------------ common layers
+
+def check_layer(layer, shape=(2, 3, 5, 7), extra_inputs=(), inputs=None, sizes=None,
+                seed=0):
+    """Export a one-layer net, check it, compare with the engine on ``inputs``
+    (default random images at ``shape`` and at each of ``sizes``)."""
+    net = deploy_net(one_layer(layer, shape, extra_inputs), seed=seed)
+    model = exported(net)
+    runs = inputs or [{'data': image(s, seed=i)} for i, s in enumerate([shape] + (sizes or []))]
+    outs = [assert_matches_engine(model, net, feed) for feed in runs]
+    return model, net, outs
+
+
+@pytest.mark.parametrize('param', [
+    '', 'axis: 0 num_axes: -1', 'axis: 2 num_axes: 2', 'axis: -1', 'num_axes: 0',
+    'bias_term: true', 'axis: 1 num_axes: 2 bias_term: true'])
+def test_scale_with_a_learned_factor_broadcasts_from_axis(param):
+    check_layer('layer { name: "s" type: "Scale" bottom: "data" top: "y" scale_param { %s } }'
+                % param)
+
+
+def _broadcast(operand, axis, ndim=4):
+    return operand.reshape((1,) * axis + operand.shape + (1,) * (ndim - axis - operand.ndim))
+
+
+@pytest.mark.parametrize('operand,axis', [((2, 3), 0), ((3,), 1), ((3, 5), 1), ((5, 7), 2),
+                                          ((), 1)])
+@pytest.mark.parametrize('kind', ['Scale', 'Bias'])
+def test_scale_and_bias_with_a_second_bottom(kind, operand, axis):
+    field = {'Scale': 'scale_param', 'Bias': 'bias_param'}[kind]
+    layer = ('layer { name: "s" type: "%s" bottom: "data" bottom: "w" top: "y" %s { axis: %d } }'
+             % (kind, field, axis))
+    x, w = image((2, 3, 5, 7)), image(operand, seed=9)
+    _, _, (out,) = check_layer(layer, extra_inputs=[('w', operand)],
+                               inputs=[{'data': x, 'w': w}])
+    # Caffe lays a 0-axis operand at axis 0
+    view = _broadcast(w, axis if operand else 0)
+    np.testing.assert_allclose(out['y'], x * view if kind == 'Scale' else x + view, rtol=1e-6)
+
+
+def test_scale_with_a_second_bottom_and_a_learned_bias():
+    x, w = image((2, 3, 5, 7)), image((3, 5), seed=9)
+    _, net, (out,) = check_layer(
+        'layer { name: "s" type: "Scale" bottom: "data" bottom: "w" top: "y" '
+        'scale_param { bias_term: true } }', extra_inputs=[('w', (3, 5))],
+        inputs=[{'data': x, 'w': w}])
+    bias = net.params['s'][0].data
+    np.testing.assert_allclose(out['y'], x * _broadcast(w, 1) + _broadcast(bias, 1),
+                               rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('param,axis', [('', 1), ('axis: 0 num_axes: 2', 0),
+                                        ('axis: 2 num_axes: -1', 2), ('num_axes: 0', 1)])
+def test_bias_with_a_learned_blob(param, axis):
+    _, net, (out,) = check_layer(
+        'layer { name: "b" type: "Bias" bottom: "data" top: "y" bias_param { %s } }' % param)
+    bias = net.params['b'][0].data
+    np.testing.assert_allclose(out['y'], image((2, 3, 5, 7), seed=0) + _broadcast(bias, axis),
+                               rtol=1e-6)
+
+
+@pytest.mark.parametrize('param', ['', 'normalize_variance: false', 'across_channels: true',
+                                   'across_channels: true eps: 0.5'])
+def test_mvn_matches_engine_and_numpy(param):
+    model, _, (out, _) = check_layer(
+        'layer { name: "m" type: "MVN" bottom: "data" top: "y" mvn_param { %s } }' % param,
+        sizes=[(1, 3, 4, 9)])
+    x = image((2, 3, 5, 7), seed=0).astype(np.float64)
+    axes = (1, 2, 3) if 'across' in param else (2, 3)
+    y = x - x.mean(axis=axes, keepdims=True)
+    if 'normalize_variance' not in param:
+        eps = 0.5 if 'eps: 0.5' in param else 1e-9
+        y /= np.sqrt((y * y).mean(axis=axes, keepdims=True)) + eps
+    np.testing.assert_allclose(out['y'], y, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize('operation', ['SUM', 'ASUM', 'SUMSQ', 'MEAN'])
+@pytest.mark.parametrize('axis', [0, 1, 2, -1])
+def test_reduction_matches_engine_and_numpy(operation, axis):
+    model, _, (out, _) = check_layer(
+        'layer { name: "r" type: "Reduction" bottom: "data" top: "y" '
+        'reduction_param { operation: %s axis: %d coeff: 0.5 } }' % (operation, axis),
+        sizes=[(3, 3, 4, 6)])
+    x = image((2, 3, 5, 7), seed=0).astype(np.float64)
+    a = axis % 4
+    f = {'SUM': x, 'ASUM': np.abs(x), 'SUMSQ': x * x, 'MEAN': x}[operation]
+    want = f.reshape(x.shape[:a] + (-1,)).sum(-1) * 0.5
+    if operation == 'MEAN':
+        want /= np.prod(x.shape[a:])
+    assert out['y'].shape == x.shape[:a]
+    np.testing.assert_allclose(out['y'], want, rtol=1e-5)
+
+
+@pytest.mark.parametrize('axis,tiles', [(1, 3), (2, 2), (0, 2), (-1, 4)])
+def test_tile_repeats_the_trailing_block(axis, tiles):
+    _, _, (out, _) = check_layer(
+        'layer { name: "t" type: "Tile" bottom: "data" top: "y" '
+        'tile_param { axis: %d tiles: %d } }' % (axis, tiles), sizes=[(1, 3, 2, 3)])
+    x = image((2, 3, 5, 7), seed=0)
+    reps = [1] * 4
+    reps[axis] = tiles
+    np.testing.assert_array_equal(out['y'], np.tile(x, reps))
+
+
+@pytest.mark.parametrize('param', ['', 'top_k: 3', 'out_max_val: true', 'top_k: 2 out_max_val: true',
+                                   'axis: 1', 'axis: 1 top_k: 2', 'axis: 3 out_max_val: true',
+                                   'axis: -2 top_k: 3 out_max_val: true'])
+def test_argmax_ranks_ties_by_the_larger_index_as_caffe(param):
+    # integers in [0, 3): many ties, which Caffe's sort breaks toward the larger index
+    rng = np.random.default_rng(4)
+    feeds = [{'data': rng.integers(0, 3, s).astype(np.float32)}
+             for s in [(2, 3, 5, 7), (3, 3, 4, 6)]]
+    _, _, outs = check_layer('layer { name: "a" type: "ArgMax" bottom: "data" top: "y" '
+                             'argmax_param { %s } }' % param, inputs=feeds)
+    if param == '':
+        flat = feeds[0]['data'].reshape(2, -1)
+        last_max = flat.shape[1] - 1 - np.argmax(flat[:, ::-1], axis=1)
+        np.testing.assert_array_equal(outs[0]['y'].reshape(2), last_max)
+
+
+def test_softmax_over_any_axis():
+    for axis in (0, 1, 2, -1):
+        _, _, (out, _) = check_layer(
+            'layer { name: "s" type: "Softmax" bottom: "data" top: "y" '
+            'softmax_param { axis: %d } }' % axis, sizes=[(3, 3, 4, 2)])
+        np.testing.assert_allclose(out['y'].sum(axis=axis), 1, rtol=1e-5)
+
+
+def test_embed_gathers_rows_and_adds_the_bias():
+    layer = ('layer { name: "e" type: "Embed" bottom: "data" top: "y" embed_param { '
+             'num_output: 4 input_dim: 10 bias_term: %s } }')
+    for bias in ('true', 'false'):
+        net = deploy_net(one_layer(layer % bias, shape=(3, 5)))
+        model = exported(net)
+        index = np.random.default_rng(0).integers(0, 10, (3, 5)).astype(np.float32)
+        got = assert_matches_engine(model, net, {'data': index})['y']
+        weight = net.params['e'][0].data
+        want = weight[index.astype(int)] + (net.params['e'][1].data if bias == 'true' else 0)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        assert_matches_engine(model, net, {'data': index[:2].copy()})
+
+
+def test_parameter_layer_outputs_its_blob():
+    net = deploy_net(one_layer(
+        'layer { name: "p" type: "Parameter" top: "p" '
+        '        parameter_param { shape { dim: 3 dim: 5 dim: 1 dim: 1 } } }\n'
+        'layer { name: "s" type: "Eltwise" bottom: "data" bottom: "p" top: "y" '
+        '        eltwise_param { operation: PROD } }', shape=(3, 5, 1, 1)))
+    net.params['p'][0].data[...] = np.arange(15).reshape(3, 5, 1, 1)
+    model = exported(net)
+    got = assert_matches_engine(model, net, {'data': np.ones((3, 5, 1, 1), np.float32)})
+    np.testing.assert_array_equal(got['y'].ravel(), np.arange(15))
+
+
+def test_filter_keeps_the_selected_items():
+    net = deploy_net(one_layer(
+        'layer { name: "f" type: "Filter" bottom: "data" bottom: "sel" top: "y" }',
+        shape=(4, 3, 2, 2), extra_inputs=[('sel', (4, 1))]))
+    model = exported(net)
+    x = image((4, 3, 2, 2))
+    for sel in ([1, 0, 0, 1], [0, 1, 1, 1], [0, 0, 0, 0]):
+        feed = {'data': x, 'sel': np.array(sel, np.float32).reshape(4, 1)}
+        got = assert_matches_engine(model, net, feed)['y']
+        np.testing.assert_array_equal(got, x[np.array(sel) != 0])
+
+
+def test_batch_reindex_gathers_items():
+    net = deploy_net(one_layer(
+        'layer { name: "r" type: "BatchReindex" bottom: "data" bottom: "idx" top: "y" }',
+        shape=(4, 3, 2, 2), extra_inputs=[('idx', (5,))]))
+    x = image((4, 3, 2, 2))
+    idx = np.array([3, 0, 0, 2, 1], np.float32)
+    got = assert_matches_engine(exported(net), net, {'data': x, 'idx': idx})['y']
+    np.testing.assert_array_equal(got, x[idx.astype(int)])
+
+
+# ------------------------------------------------------------------------ vision layers
+
+@pytest.mark.parametrize('param', ['kernel_size: 3', 'kernel_size: 3 stride: 2 pad: 1',
+                                   'kernel_h: 2 kernel_w: 3 dilation: 2 pad: 1'])
+def test_im2col_is_a_one_hot_grouped_convolution(param):
+    model, _, _ = check_layer('layer { name: "i" type: "Im2col" bottom: "data" top: "y" '
+                              'convolution_param { %s } }' % param, shape=(2, 3, 7, 8),
+                              sizes=[(1, 3, 9, 6)])
+    assert ops(model) == ['Conv']
+
+
+@pytest.mark.parametrize('param', ['pyramid_height: 1', 'pyramid_height: 3',
+                                   'pyramid_height: 3 pool: AVE', 'pyramid_height: 2 pool: AVE'])
+def test_spp_matches_engine_at_the_prototxt_size(param):
+    model, net, _ = check_layer('layer { name: "s" type: "SPP" bottom: "data" top: "y" '
+                                'spp_param { %s } }' % param, shape=(2, 3, 7, 9))
+    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
+    assert dims == ['batch', 3, 7, 9]   # pooling kernels follow the input size
+    assert_matches_engine(model, net, {'data': image((3, 3, 7, 9), seed=5)})
+
+
+# ------------------------------------------------------------------------ recurrent layers
+
+def recurrent_net(kind, expose=False, static=False, t=5, n=3, k=4, hidden=6):
+    tops = [('cont', (t, n))] + ([('static', (n, 2))] if static else [])
+    states = (['h0'] if kind == 'RNN' else ['h0', 'c0']) if expose else []
+    tops += [(s, (1, n, hidden)) for s in states]
+    bottoms = ''.join(' bottom: "%s"' % name for name, _ in tops)
+    finals = ''.join(' top: "%s_T"' % s[0] for s in states)
+    text = one_layer('layer { name: "r" type: "%s" bottom: "data"%s top: "y"%s '
+                     'recurrent_param { num_output: %d expose_hidden: %s '
+                     'weight_filler { type: "gaussian" std: 0.3 } } }'
+                     % (kind, bottoms, finals, hidden, 'true' if expose else 'false'),
+                     shape=(t, n, k), extra_inputs=tops)
+    return deploy_net(text), [name for name, _ in tops], dict(tops)
+
+
+def recurrent_feed(names, shapes, t=5, n=3, k=4, seed=0):
+    rng = np.random.default_rng(seed)
+    feed = {'data': rng.normal(0, 1, (t, n, k)).astype(np.float32)}
+    for name in names:
+        shape = (t,) + shapes[name][1:] if name == 'cont' else shapes[name]
+        feed[name] = rng.normal(0, 0.5, shape).astype(np.float32)
+    # each stream starts a sequence at t = 0, and stream 1 again at t = 2
+    cont = np.ones((t, n), np.float32)
+    cont[0] = 0
+    cont[2, 1] = 0
+    feed['cont'] = cont
+    return feed
+
+
+@pytest.mark.parametrize('kind', ['RNN', 'LSTM'])
+@pytest.mark.parametrize('expose,static', [(False, False), (True, False), (False, True),
+                                           (True, True)])
+def test_recurrent_layers_run_as_a_scan_that_keeps_cont(kind, expose, static):
+    net, names, shapes = recurrent_net(kind, expose, static)
+    model = exported(net)
+    assert 'Scan' in ops(model)
+    for t in (5, 3):
+        feed = recurrent_feed(names, shapes, t=t, seed=t)
+        for layer in net.layers:    # the graph starts from zero states, a fresh net's
+            if hasattr(layer, 'reset'):
+                layer.reset()
+        got = assert_matches_engine(model, net, feed)
+        assert got['y'].shape == (t, 3, 6)
+
+
+@pytest.mark.parametrize('kind', ['RNN', 'LSTM'])
+def test_a_zero_cont_starts_the_stream_over(kind):
+    """Stream 1 restarts at t = 2: its outputs from there equal a run on x[2:] alone."""
+    net, names, shapes = recurrent_net(kind)
+    model = exported(net)
+    feed = recurrent_feed(names, shapes)
+    whole = run_onnx(model, feed)['y']
+    tail = {'data': feed['data'][2:].copy(), 'cont': feed['cont'][2:].copy()}
+    tail['cont'][0] = 0
+    np.testing.assert_allclose(whole[2:, 1], run_onnx(model, tail)['y'][:, 1], rtol=1e-6)
+    assert np.abs(whole[2:, 0] - run_onnx(model, tail)['y'][:, 0]).max() > 1e-3
+
+
+def test_lstm_unit_matches_engine():
+    text = one_layer('layer { name: "u" type: "LSTMUnit" bottom: "data" bottom: "gates" '
+                     'bottom: "cont" top: "c" top: "h" }', shape=(1, 3, 4),
+                     extra_inputs=[('gates', (1, 3, 16)), ('cont', (1, 3))])
+    net = deploy_net(text)
+    feed = {'data': image((1, 3, 4)), 'gates': image((1, 3, 16), seed=2, spread=2),
+            'cont': np.array([[1, 0, 1]], np.float32)}
+    assert_matches_engine(exported(net), net, feed)
+
+
+# ------------------------------------------------------------------------ refusals
+
+@pytest.mark.parametrize('kind', sorted(onnx_export.refused_types()))
+def test_data_loss_accuracy_and_python_layers_are_refused_by_name(kind):
+    lp = caffe_pb2.LayerParameter(name='the_%s' % kind.lower(), type=kind)
+    with pytest.raises(UnknownLayerError) as err:
+        onnx_export.check_supported([lp])
+    message = str(err.value)
+    assert "layer 'the_%s' has type '%s'" % (kind.lower(), kind) in message
+    assert ('deploy net' in message) != (kind == 'Python')
+
+
+def test_every_registered_type_is_exported_or_refused_with_a_reason():
+    supported, refused = set(onnx_export.supported_types()), onnx_export.refused_types()
+    assert not supported & set(refused)
+    assert supported | set(refused) == set(caffe.layer_type_list())
+    assert all(len(reason) > 40 for reason in refused.values())
+
+
+def test_a_train_val_file_fails_naming_its_data_layer(tmp_path):
+    proto = tmp_path / 'train_val.prototxt'
+    proto.write_text('''
+        layer { name: "input" type: "DummyData" top: "data" top: "label"
+                dummy_data_param { shape { dim: 2 dim: 3 } shape { dim: 2 } } }
+        layer { name: "fc" type: "InnerProduct" bottom: "data" top: "fc"
+                inner_product_param { num_output: 2 } }
+        layer { name: "loss" type: "SoftmaxWithLoss" bottom: "fc" bottom: "label" top: "l" }
+    ''')
+    with pytest.raises(UnknownLayerError) as err:
+        onnx_export.export(str(proto), None, str(tmp_path / 'x.onnx'))
+    message = str(err.value)
+    assert message.startswith(str(proto)) and "layer 'input' has type 'DummyData'" in message
+    assert 'export the deploy net' in message and 'Input layer' in message
+    assert not (tmp_path / 'x.onnx').exists()
+
+
+def test_default_inputs_fit_index_and_flag_bottoms():
+    net, _, _ = recurrent_net('LSTM')
+    feed = onnx_export.default_inputs(net)
+    assert set(np.unique(feed['cont'])) <= {0, 1}
+    net = deploy_net(one_layer('layer { name: "e" type: "Embed" bottom: "data" top: "y" '
+                               'embed_param { num_output: 4 input_dim: 7 } }', shape=(3, 5)))
+    index = onnx_export.default_inputs(net)['data']
+    assert index.min() >= 0 and index.max() < 7 and np.all(index == np.round(index))
+    (diff, scale), = onnx_export.verify(exported(net), net).values()
+    assert scale > 0 and diff <= 1e-6 * scale

@@ -6,9 +6,11 @@
 
 ``--check`` runs ONNX's full model check and then the exported model in onnxruntime
 and the net in torchcaffe on the same random input of the prototxt's input size,
-failing when they differ by more than float32 rounding. ``--outputs a,b`` exports
-those blobs instead of the net's outputs. The layer mapping is in
-torchcaffe/onnx_export.py.
+failing when they differ by more than 1e-4 of the output's largest value. Inputs
+that a layer reads as indices or flags (Embed, BatchReindex, the ``cont`` of
+RNN/LSTM, Filter's selector) get valid random values. ``--outputs a,b`` exports
+those blobs instead of the net's outputs. The layer mapping is in the converter
+modules of torchcaffe/onnx_export/.
 """
 import argparse
 import sys

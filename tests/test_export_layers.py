@@ -179,13 +179,17 @@ ZOO = {
 def test_zoo_style_deploy_net_matches_engine(name):
     make, sizes = ZOO[name]
     net = deploy_net(make(), seed=7)
-    model = exported(net)
+    # the logits too: a saturated softmax would hide their differences
+    model = exported(net, outputs=['fc', 'prob'])
+    logits = []
     for k, shape in enumerate(sizes):
         got = assert_matches_engine(model, net, {'data': image(shape, seed=k)},
                                     rtol=RTOL, atol=ATOL)
         prob = got['prob'].reshape(shape[0], -1)
         np.testing.assert_allclose(prob.sum(axis=1), 1, rtol=1e-5)
-        assert prob.max() > 1.5 / prob.shape[1]   # the input reaches the scores
+        logits.append(got['fc'].reshape(shape[0], -1))
+    # the input reaches the scores: other images, other logits
+    assert np.abs(logits[0][0] - logits[1][0]).max() > 1e-2 * np.abs(logits[0]).max()
 
 
 def test_resnet_exports_batch_norm_scale_and_eltwise_in_place():

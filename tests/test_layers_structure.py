@@ -404,15 +404,17 @@ def test_the_new_layers_are_registered():
     assert set(NEW) <= set(layer_type_list())
 
 
-def test_onnx_export_refuses_a_new_layer_by_name():
+def test_onnx_export_refuses_a_new_loss_layer_by_name():
     from torchcaffe import onnx_export
     net = net_from('''
         name: "red"
         input: "x" input_shape { dim: 2 dim: 3 }
+        input: "t" input_shape { dim: 2 dim: 3 }
         layer { name: "total" type: "Reduction" bottom: "x" top: "s"
                 reduction_param { axis: 1 } }
+        layer { name: "dist" type: "EuclideanLoss" bottom: "x" bottom: "t" top: "l" }
     ''', phase=caffe_pb2.TEST)
-    with pytest.raises(UnknownLayerError, match="'total'.*'Reduction'.*no ONNX export"):
+    with pytest.raises(UnknownLayerError, match="'dist'.*'EuclideanLoss'.*no ONNX export.*loss"):
         onnx_export.to_onnx(net)
 
 

@@ -10,6 +10,8 @@
 - ``nets.pascalcontext``: the PASCAL-Context data layer and its triples.
 - ``nets.demo``: the narrow demo nets on the generated dataset (trained from scratch).
 - ``nets.write``: writes NetParameters as prototxt files.
+- ``nets.deploy_zoo``: narrow deploy nets in the style of the model zoo's (ResNet,
+  MobileNet v1 / v2, PReLU, ELU), for the ONNX export checks (imported by name).
 """
 from . import vgg, fcn, voc, alexnet, pascalcontext, siftflow, nyud, demo, write
 

@@ -15,9 +15,9 @@ import pytest
 import export as export_cli
 import torchcaffe as caffe
 from nets import deploy_zoo
-from onnx_check import (assert_matches_engine, deploy_net, image, inline_net, run_onnx,
+from onnx_check import (assert_matches_engine, deploy_net, image, run_onnx,
                         RTOL, ATOL)
-from torchcaffe import caffe_pb2, io, onnx_export
+from torchcaffe import caffe_pb2, onnx_export
 from torchcaffe.errors import UnknownLayerError
 
 ROOT = __import__('pathlib').Path(__file__).resolve().parent.parent
@@ -568,3 +568,26 @@ def test_default_inputs_fit_index_and_flag_bottoms():
     assert index.min() >= 0 and index.max() < 7 and np.all(index == np.round(index))
     (diff, scale), = onnx_export.verify(exported(net), net).values()
     assert scale > 0 and diff <= 1e-6 * scale
+
+
+@pytest.mark.parametrize('opset', [onnx_export.MIN_OPSET, 18, 21])
+def test_reductions_and_scans_export_at_other_opsets(opset):
+    """ReduceMean / ReduceProd take their axes as an input from opset 18 and as an
+    attribute before; Squeeze / Unsqueeze / Scan across the range."""
+    text = one_layer(
+        'layer { name: "bn" type: "BatchNorm" bottom: "data" top: "bn" '
+        '        batch_norm_param { use_global_stats: false } }\n'
+        'layer { name: "mvn" type: "MVN" bottom: "bn" top: "mvn" }\n'
+        'layer { name: "mean" type: "Reduction" bottom: "mvn" top: "mean" '
+        '        reduction_param { operation: MEAN axis: 1 } }\n'
+        'layer { name: "top" type: "ArgMax" bottom: "mvn" top: "top" '
+        '        argmax_param { top_k: 2 axis: 1 } }\n'
+        'layer { name: "rnn" type: "LSTM" bottom: "mvn" bottom: "cont" top: "h" '
+        '        recurrent_param { num_output: 3 weight_filler { type: "gaussian" std: 0.3 } } }',
+        shape=(4, 2, 5), extra_inputs=[('cont', (4, 2))])
+    net = deploy_net(text)
+    model = exported(net, opset=opset)
+    assert model.opset_import[0].version == opset
+    feed = {'data': image((4, 2, 5)), 'cont': np.array([[0, 0], [1, 1], [1, 0], [1, 1]],
+                                                        np.float32)}
+    assert_matches_engine(model, net, feed)

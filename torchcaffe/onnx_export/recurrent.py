@@ -49,8 +49,10 @@ def _lstm_unit(b, layer, bottoms, tops, params, shapes):
     _lstm_cell(b, c_prev, gates, cont, hidden, 2, layer.name, tops[0], tops[1])
 
 
-def _info(name):
-    return helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+def _info(name, *dims):
+    """A float body value of the streams' count (symbolic) by ``dims``; onnxruntime
+    needs the body's output shapes under Scan-11 (opsets 13 to 15)."""
+    return helper.make_tensor_value_info(name, TensorProto.FLOAT, ['streams'] + list(dims))
 
 
 @converts('RNN', 'LSTM')
@@ -106,9 +108,11 @@ def _recurrent(b, layer, bottoms, tops, params, shapes):
         c, h = _lstm_cell(body, states_in[1], pre, cont_col, hidden, 1, name + '/step')
         # the new states h and c, then the scanned output h (a value of its own)
         outputs = [h, c, body.op('Identity', [h], name + '/step/top')]
+    rows = layer.gate_factor * hidden
     graph = helper.make_graph(body.nodes, name + '_step',
-                              [_info(v) for v in states_in + [in_t, cont_t]],
-                              [_info(v) for v in outputs])
+                              [_info(v, hidden) for v in states_in]
+                              + [_info(in_t, rows), _info(cont_t)],
+                              [_info(v, hidden) for v in outputs])
     expose = layer.expose
     scan_tops = [None] * num_states + [tops[0]]
     if expose:

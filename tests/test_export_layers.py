@@ -445,12 +445,22 @@ def test_im2col_is_a_one_hot_grouped_convolution(param):
 
 @pytest.mark.parametrize('param', ['pyramid_height: 1', 'pyramid_height: 3',
                                    'pyramid_height: 3 pool: AVE', 'pyramid_height: 2 pool: AVE'])
-def test_spp_matches_engine_at_the_prototxt_size(param):
-    model, net, _ = check_layer('layer { name: "s" type: "SPP" bottom: "data" top: "y" '
-                                'spp_param { %s } }' % param, shape=(2, 3, 7, 9))
-    dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
-    assert dims == ['batch', 3, 7, 9]   # pooling kernels follow the input size
-    assert_matches_engine(model, net, {'data': image((3, 3, 7, 9), seed=5)})
+def test_spp_computes_its_pyramid_geometry_at_every_size(param):
+    # sizes whose levels pad (7 into 4 bins: kernel 2, pad 1) and drop a window
+    # (9 into 2 bins: kernel 5, pad 1, ceil(6 / 5) + 1 = 3 windows, the last
+    # starting at 10 >= 9 + 1)
+    check_layer('layer { name: "s" type: "SPP" bottom: "data" top: "y" spp_param { %s } }'
+                % param, shape=(2, 3, 9, 9), sizes=[(1, 3, 7, 11), (3, 3, 13, 8), (1, 3, 16, 16)])
+
+
+def test_spp_ave_divides_by_the_window_clipped_to_image_plus_pad():
+    """Level 1 of a 3 x 3 ones image: 2 x 2 bins of kernel 2, pad (4 - 3 + 1) / 2 = 1,
+    windows [-1, 1) and [1, 3) along each axis: image counts 1, 2 over divisors 2, 2."""
+    model, _, _ = check_layer('layer { name: "s" type: "SPP" bottom: "data" top: "y" '
+                              'spp_param { pyramid_height: 2 pool: AVE } }', shape=(1, 1, 3, 3))
+    got = run_onnx(model, {'data': np.ones((1, 1, 3, 3), np.float32)})['y']
+    level1 = np.outer([0.5, 1], [0.5, 1]).ravel()
+    np.testing.assert_allclose(got[0], np.concatenate([[1.0], level1]), rtol=1e-6)
 
 
 # ------------------------------------------------------------------------ recurrent layers

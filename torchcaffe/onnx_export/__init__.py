@@ -4,8 +4,7 @@ Each layer becomes a few standard ONNX operators that keep Caffe's semantics at
 every input size, so the batch, height and width of the inputs stay dynamic: the
 ends of a Crop and the geometry of Caffe's round-up pooling are computed in the
 graph from the shapes of the tensors, never frozen at the prototxt's input size
-(SPP, whose pooling kernels follow the input size, is the exception: its nets are
-exported at the prototxt's size). The graph is written with ``onnx.helper``
+(SPP's pyramid geometry too). The graph is written with ``onnx.helper``
 directly (no tracing), so an export is deterministic and the mapping of every
 layer type is spelled out in the converter modules, one per family of
 :mod:`torchcaffe.layer_types`:

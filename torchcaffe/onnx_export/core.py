@@ -85,15 +85,11 @@ class Builder:
     opset : int
         The default domain's opset the graph targets (a few operators changed
         their signature across the supported range).
-    fixed_size : list of str
-        Layers whose export holds only at the prototxt's spatial input size (SPP);
-        the graph's inputs then declare that size.
     """
 
     def __init__(self, reserved=(), opset=DEFAULT_OPSET):
         self.opset = int(opset)
         self.nodes, self.initializers = [], []
-        self.fixed_size = []
         self._values = set(reserved)   # value names in use (blob names are reserved)
         self._node_names = set()
         self._consts = {}

@@ -33,14 +33,13 @@ def check_supported(layers):
             % (lp.name, lp.type, ', '.join(supported_types())))
 
 
-def _dim_names(shape, prefix='', dynamic=True):
-    """Symbolic names of the dynamic axes: batch, then height and width (or dimN);
-    with ``dynamic`` False only the batch is named, the other axes are fixed."""
+def _dim_names(shape, prefix=''):
+    """Symbolic names of the dynamic axes: batch, then height and width (or dimN)."""
     names = []
     for i, d in enumerate(shape):
         if i == 0:
             names.append(prefix + 'batch')
-        elif i == 1 or not dynamic:
+        elif i == 1:
             names.append(int(d))
         elif len(shape) == 4:
             names.append(prefix + ('height' if i == 2 else 'width'))
@@ -49,11 +48,10 @@ def _dim_names(shape, prefix='', dynamic=True):
     return names
 
 
-def _output_dims(steps, outputs, shapes, dynamic=True):
+def _output_dims(steps, outputs, shapes):
     """Declared dims of each output: fixed sizes, ``'batch'``, or None (follows H, W).
 
-    Shapes are propagated once more with every input axis but the channels grown
-    (only the batch when not ``dynamic``):
+    Shapes are propagated once more with every input axis but the channels grown:
     a dim that stays put is fixed (channels, classes); one that moves is dynamic. If
     the grown inputs do not fit the net, only the ranks are declared.
     """
@@ -62,7 +60,7 @@ def _output_dims(steps, outputs, shapes, dynamic=True):
         if lp.type == 'Input':
             lp = caffe_pb2.LayerParameter.FromString(lp.SerializeToString())
             for shape in lp.input_param.shape:
-                for i in range(len(shape.dim) if dynamic else 1):
+                for i in range(len(shape.dim)):
                     if i != 1:
                         shape.dim[i] += 1 if i == 0 else 32
         layers.append(lp)
@@ -151,16 +149,12 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
         CONVERTERS[lp.type](b, layer, bottoms, tops, params, shapes)
         current.update(zip(lp.top, tops))
 
-    # With a layer whose export holds at one spatial size (SPP) only the batch is
-    # dynamic; onnxruntime then refuses inputs of another size by name.
-    dynamic = not b.fixed_size
     graph_inputs = [helper.make_tensor_value_info(
-        top, TensorProto.FLOAT, _dim_names(net.blobs[top].shape, '' if k == 0 else top + '_',
-                                           dynamic))
+        top, TensorProto.FLOAT, _dim_names(net.blobs[top].shape, '' if k == 0 else top + '_'))
         for k, top in enumerate(input_names)]
     shapes = {name: tuple(blob.shape) for name, blob in net.blobs.items()}
     out_infos = [helper.make_tensor_value_info(current[o], TensorProto.FLOAT, dims)
-                 for o, dims in zip(outputs, _output_dims(steps, outputs, shapes, dynamic))]
+                 for o, dims in zip(outputs, _output_dims(steps, outputs, shapes))]
     g = helper.make_graph(b.nodes, net.name or 'net', graph_inputs, out_infos,
                           initializer=b.initializers)
     opset_ids = [helper.make_opsetid('', int(opset))]

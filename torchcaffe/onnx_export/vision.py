@@ -135,23 +135,85 @@ def _caffe_pool(b, name, x, top, kernel, stride, pad, is_max):
 
 @converts('SPP')
 def _spp(b, layer, bottoms, tops, params, shapes):
-    """Each pyramid level is Caffe's pooling with a kernel that depends on the input's
-    height and width (spp_layer.cpp), and ONNX pooling kernels are attributes: the
-    export holds at the prototxt's input size, which the graph's inputs then declare."""
-    shape = tuple(shapes[0])
-    b.fixed_size.append(layer.name)
+    """Each pyramid level is Caffe's pooling with a kernel that follows the input's
+    height and width (spp_layer.cpp), which an ONNX pooling's attributes cannot:
+    the graph computes each level's geometry and pools by tiling (see _spp_level)."""
     is_max = layer.spp_param.pool == _SPP.MAX
-    levels = layer.levels(shape)
-    if len(levels) == 1:
-        kernel, stride, pad, _ = levels[0]
-        pool(b, layer.name, bottoms[0], tops[0], kernel, stride, pad, is_max)
+    height = layer.spp_param.pyramid_height
+    if height == 1:
+        _spp_level(b, '%s/level0' % layer.name, bottoms[0], 0, is_max, top=tops[0])
         return
     flat = []
-    for i, (kernel, stride, pad, _) in enumerate(levels):
-        name = '%s/level%d' % (layer.name, i)
-        pooled = pool(b, name, bottoms[0], None, kernel, stride, pad, is_max)
+    for level in range(height):
+        name = '%s/level%d' % (layer.name, level)
+        pooled = _spp_level(b, name, bottoms[0], level, is_max)
         flat.append(b.op('Flatten', [pooled], name + '/flat', axis=1))
     b.op('Concat', flat, layer.name, top=tops[0], axis=1)
+
+
+def _spp_level(b, name, x, level, is_max, top=None):
+    """Pyramid level ``level`` of Caffe's SPP at any input size.
+
+    With n the height (width), 2^level bins: kernel = stride = ceil(n / bins), pad
+    = (kernel bins - n + 1) div 2 (spp_layer.cpp GetPoolingParam), and Caffe's
+    pooled size (round up, then drop a window that would start at or past n + pad).
+    Kernel equal to stride makes the windows tiles: the input padded by pad before
+    and up to out * kernel after (never negative) is reshaped to (N, C, out_h,
+    kernel_h, out_w, kernel_w) and reduced. MAX pads with -FLT_MAX; AVE pads with
+    zeros and divides each sum by its window clipped to image + pad, as Caffe.
+    """
+    def c(values):
+        return b.const(list(values))
+    bins = 2 ** level
+    hw = b.dims(x, 2, 4, name)
+    kernel = b.op('Div', [b.op('Add', [hw, c([bins - 1] * 2)], name + '/n_up'), c([bins] * 2)],
+                  name + '/kernel')
+    spread = b.op('Sub', [b.op('Mul', [kernel, c([bins] * 2)], name + '/covered'), hw],
+                  name + '/spread')
+    pad = b.op('Div', [b.op('Add', [spread, c([1, 1])], name + '/spread1'), c([2, 2])],
+               name + '/pad')
+    # out = ceil((n + 2 pad - kernel) / kernel) + 1 = (n + 2 pad - 1) div kernel + 1
+    span = b.op('Sub', [b.op('Add', [hw, b.op('Add', [pad, pad], name + '/pad2')],
+                             name + '/padded_n'), c([1, 1])], name + '/span')
+    out = b.op('Add', [b.op('Div', [span, kernel], name + '/steps'), c([1, 1])], name + '/out0')
+    last = b.op('Mul', [b.op('Sub', [out, c([1, 1])], name + '/last'), kernel],
+                name + '/last_start')
+    late = b.op('GreaterOrEqual', [last, b.op('Add', [hw, pad], name + '/bound')],
+                name + '/late')
+    out = b.op('Sub', [out, b.op('Cast', [late], name + '/drop', to=TensorProto.INT64)],
+               name + '/out')
+    after = b.op('Sub', [b.op('Sub', [b.op('Mul', [out, kernel], name + '/extent'), pad],
+                                name + '/end'), hw], name + '/after')
+    pads = b.op('Concat', [c([0, 0]), pad, c([0, 0]), after], name + '/pads', axis=0)
+    fill = b.fconst(-FLT_MAX if is_max else 0.0)
+    padded = b.op('Pad', [x, pads, fill], name + '/padded')
+    # (N, C) + (out_h, kernel_h, out_w, kernel_w)
+    pairs = b.op('Concat', [b.unsqueeze(out, [1], name + '/out_col'),
+                            b.unsqueeze(kernel, [1], name + '/kernel_col')], name + '/pairs',
+                 axis=1)
+    tiles = b.op('Concat', [b.dims(x, 0, 2, name + '/nc'),
+                            b.op('Reshape', [pairs, c([-1])], name + '/tile_dims')],
+                 name + '/tile_shape', axis=0)
+    tiled = b.op('Reshape', [padded, tiles], name + '/tiled')
+    if is_max:
+        return b.reduce('ReduceMax', tiled, [3, 5], name, keepdims=0, top=top)
+    sums = b.reduce('ReduceSum', tiled, [3, 5], name + '/sum', keepdims=0)
+    lengths = []
+    for i in range(2):
+        tag = '%s/window%d' % (name, i)
+
+        def at(v, what):
+            return b.op('Gather', [v, b.const(i)], '%s/%s' % (tag, what), axis=0)
+        k, q = at(kernel, 'k'), at(pad, 'p')
+        index = b.op('Range', [b.const(0), at(out, 'count'), b.const(1)], tag + '/index')
+        start = b.op('Sub', [b.op('Mul', [index, k], tag + '/mul'), q], tag + '/start')
+        end = b.op('Min', [b.op('Add', [start, k], tag + '/end'),
+                           b.op('Add', [at(hw, 'n'), q], tag + '/bound')], tag + '/end_clipped')
+        length = b.op('Cast', [b.op('Sub', [end, start], tag + '/length')], tag + '/length_f',
+                      to=TensorProto.FLOAT)
+        lengths.append(b.unsqueeze(length, [1 - i], tag + '/axis'))
+    divisor = b.op('Mul', lengths, name + '/divisor')
+    return b.op('Div', [sums, divisor], name, top=top)
 
 
 @converts('Crop')

@@ -113,14 +113,10 @@ def _recurrent(b, layer, bottoms, tops, params, shapes):
                               [_info(v, hidden) for v in states_in]
                               + [_info(in_t, rows), _info(cont_t)],
                               [_info(v, hidden) for v in outputs])
-    expose = layer.expose
-    scan_tops = [None] * num_states + [tops[0]]
-    if expose:
-        finals = [b.fresh('%s/final%d' % (name, k)) for k in range(num_states)]
-        scan_tops[:num_states] = finals
-    results = b.ops('Scan', initial + [inputs, cont], name, num_states + 1, scan_tops,
-                    body=graph, num_scan_inputs=2)
-    if expose:
+    # Scan's outputs: the final states, then the outputs of every step (the top)
+    results = b.ops('Scan', initial + [inputs, cont], name, num_states + 1,
+                    [None] * num_states + [tops[0]], body=graph, num_scan_inputs=2)
+    if layer.expose:
         # the final states, 1 x N x H, in Caffe's order (h, then c)
         for k, top in enumerate(tops[1:]):
             b.unsqueeze(results[k], [0], '%s/state%d' % (name, k), top=top)

@@ -601,3 +601,40 @@ def test_reductions_and_scans_export_at_other_opsets(opset):
     feed = {'data': image((4, 2, 5)), 'cont': np.array([[0, 0], [1, 1], [1, 0], [1, 1]],
                                                         np.float32)}
     assert_matches_engine(model, net, feed)
+
+
+CHECKED_LAYERS = {
+    'Embed': one_layer('layer { name: "e" type: "Embed" bottom: "data" top: "y" '
+                       'embed_param { num_output: 4 input_dim: 9 bias_term: true } }',
+                       shape=(3, 5)),
+    'BatchReindex': one_layer('layer { name: "r" type: "BatchReindex" bottom: "data" '
+                              'bottom: "idx" top: "y" }', shape=(4, 3, 2, 2),
+                              extra_inputs=[('idx', (6,))]),
+    'Filter': one_layer('layer { name: "f" type: "Filter" bottom: "data" bottom: "sel" '
+                        'top: "y" }', shape=(6, 3, 2, 2), extra_inputs=[('sel', (6, 1))]),
+    'RNN': one_layer('layer { name: "r" type: "RNN" bottom: "data" bottom: "cont" top: "y" '
+                     'recurrent_param { num_output: 5 weight_filler { type: "gaussian" '
+                     'std: 0.1 } } }', shape=(6, 2, 3), extra_inputs=[('cont', (6, 2))]),
+    'LSTM exposed': one_layer(
+        'layer { name: "r" type: "LSTM" bottom: "data" bottom: "cont" bottom: "h0" '
+        'bottom: "c0" top: "y" top: "hT" top: "cT" recurrent_param { num_output: 5 '
+        'expose_hidden: true weight_filler { type: "gaussian" std: 0.1 } } }',
+        shape=(6, 2, 3), extra_inputs=[('cont', (6, 2)), ('h0', (1, 2, 5)), ('c0', (1, 2, 5))]),
+    'SPP': one_layer('layer { name: "s" type: "SPP" bottom: "data" top: "y" '
+                     'spp_param { pyramid_height: 3 pool: AVE } }', shape=(2, 3, 11, 13)),
+    'ArgMax': one_layer('layer { name: "a" type: "ArgMax" bottom: "data" top: "y" '
+                        'argmax_param { top_k: 3 out_max_val: true } }'),
+    'Reduction': one_layer('layer { name: "r" type: "Reduction" bottom: "data" top: "y" '
+                           'reduction_param { operation: SUMSQ axis: 2 } }'),
+    'MVN+Tile': one_layer('layer { name: "m" type: "MVN" bottom: "data" top: "m" }\n'
+                          'layer { name: "t" type: "Tile" bottom: "m" top: "y" '
+                          'tile_param { axis: 1 tiles: 2 } }'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(CHECKED_LAYERS))
+def test_export_script_check_passes_with_index_and_flag_inputs(tmp_path, capsys, case):
+    proto, weights = write_net(tmp_path, CHECKED_LAYERS[case])
+    assert export_cli.main([str(proto), str(weights), str(tmp_path / 'n.onnx'), '--check']) == 0
+    printed = capsys.readouterr().out
+    assert printed.rstrip().endswith('ok') and 'TOO LARGE' not in printed

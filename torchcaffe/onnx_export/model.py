@@ -105,7 +105,8 @@ def to_onnx(net, opset=DEFAULT_OPSET, outputs=None):
     Raises
     ------
     UnknownLayerError
-        A layer type with no ONNX translation (the message names the layer).
+        A layer type with no ONNX translation: the message names the layer and, for
+        the data, loss, Accuracy and Python layers, why (:func:`check_supported`).
     CaffeError
         A bad opset, an unknown output blob, or a layer setting with no exact export.
     """

@@ -1,4 +1,4 @@
-"""ONNX export (torchcaffe/onnx_export.py, export.py), checked by running the exports.
+"""ONNX export (torchcaffe/onnx_export/, export.py), checked by running the exports.
 
 Every exported model runs in onnxruntime and must give what torchcaffe.Net gives
 on the same input, at sizes other than the prototxt's: odd heights and widths, a

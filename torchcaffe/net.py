@@ -4,8 +4,12 @@ Construction follows Caffe's ``Net::Init``: filter the layers by the net state,
 then set each one up in order (bottoms must come from earlier layers, tops are
 new blobs or in place, learnable blobs are made, filled and shared by
 ``ParamSpec.name``). Forward runs each layer's torch ops with autograd recording;
-backward seeds every loss top with its loss weight and runs autograd once. What
-Caffe gets from its own machinery comes from autograd:
+backward (``torchcaffe.backward``: Caffe's need-backward analysis and the walk) runs
+autograd once through that graph, seeded with the loss tops' weights and the outputs'
+diffs, or, where the graph does not hold (no forward yet, a bottom written since, a
+``start``/``end`` range it does not cover), recomputes each layer from the blobs as
+they stand and sends its top diffs through it alone, as Caffe's per-layer Backward.
+What Caffe gets from its own machinery comes from autograd:
 
 * a blob feeding several layers goes through a Split layer, inserted and named as
   Caffe's InsertSplits does (``net.blobs`` lists its tops, each with its own diff;
@@ -14,14 +18,14 @@ Caffe gets from its own machinery comes from autograd:
   diff is the gradient w.r.t. the first tensor bound to that name, which is what
   Caffe's in-place backward leaves in the shared diff;
 * params with ``lr_mult: 0`` get no gradient (unless ``force_backward``) but pass
-  gradients to their bottoms, as Caffe's ``param_propagate_down``;
+  gradients to their bottoms, as Caffe's ``param_propagate_down``; layers that feed
+  no loss run no backward (unless ``force_backward``), as in Caffe;
 * param diffs accumulate over backward calls until ``clear_param_diffs``.
 
 Where the engine differs from Caffe: arrays of intermediate blobs taken before a
 forward keep the old values (each forward binds new tensors; inputs and params keep
-theirs); ``backward(start=L)``
-leaves out everything above L (Caffe would reuse stale diffs there) and
-``backward(end=...)`` must be the first layer; a param shared with
+theirs); a forward clears the diffs of the blobs it makes, outputs excepted (Caffe
+leaves the last backward's there); a param shared with
 ``share_mode: PERMISSIVE`` is the owner's blob, in the owner's shape (saved in the
 layer's own). ``net.autograd = False`` runs forward without recording gradients,
 for inference.
@@ -40,6 +44,7 @@ import numpy as np
 import torch
 
 from . import blob as blob_module
+from . import backward as backward_walk
 from . import graph, io, mode
 from .memory import reraise_oom
 from .blob import Blob
@@ -62,6 +67,8 @@ _PERMISSIVE = caffe_pb2.ParamSpec.PERMISSIVE
 class _Step:
     """One layer as the net runs it, with its blobs resolved once at setup."""
 
+    runner = None  # a Python layer's PythonLayerRunner
+
     def __init__(self, index, lp, layer, bottoms, tops, in_place):
         self.index = index
         self.name = lp.name
@@ -70,10 +77,15 @@ class _Step:
         self.bottoms = bottoms
         self.tops = tops
         self.in_place = in_place
-        self.stop_grad = None      # per bottom: propagate_down false
+        self.stop_grad = None      # per bottom: gets no diff (detached), when any does not
         self.params = []           # Blob per learnable blob (shared ones are the owner's)
         self.param_shapes = []     # this layer's own shape of each
-        self.param_train = []      # param_propagate_down of each
+        self.param_down = []       # lr_mult != 0 of each (Caffe's param_need_backward)
+        # Set by backward.analyse (Caffe's Net::Init): whether the layer runs backward,
+        # which bottoms get diffs, which params get diffs.
+        self.need_backward = False
+        self.bottom_need = []
+        self.param_train = []
         self.param_owned = []      # False where the blob is shared from an earlier layer
         self.param_special = None  # (detach, view shape) per param when any is needed
         self.produced = []         # (top index, Blob): tops made here whose diff is captured
@@ -82,6 +94,9 @@ class _Step:
         self.loss_outputs = {}     # top index -> tensor of the last forward
         self.shapes = None         # bottom shapes at the last shape check
         self.last_bottoms = ()     # the bottom tensors of the last forward (backward(end=))
+        self.recorded = False      # the last forward recorded an autograd graph
+        self.forward_state = None  # backward.bottom_state after a recorded forward
+        self.rng_state = None      # the layer's generator before its last forward
 
     # ---- pieces shared by the step kinds --------------------------------------------
 
@@ -160,10 +175,19 @@ class _Step:
                 blob._data.tensor = t.detach()
         self.loss_outputs = {}
         self.last_bottoms = ()
+        self.forward_state = None
+
+    def stale(self):
+        """After a reshape or new weights: the last forward's graph no longer holds."""
+        self.forward_state = None
+        self.last_bottoms = ()
 
     # ---- the step kinds override these ---------------------------------------------
 
     def run(self, force_backward):
+        gen = getattr(self.layer, 'generator', None)
+        self.rng_state = gen.get_state() if gen is not None else None
+        self.recorded = torch.is_grad_enabled()
         bottoms = self.last_bottoms = self.bottom_tensors()
         shapes = [t.shape for t in bottoms]
         if shapes != self.shapes:
@@ -189,6 +213,9 @@ class _InputStep(_Step):
     def release(self):
         pass  # the inputs are the user's
 
+    def stale(self):
+        pass
+
 
 class _PythonStep(_Step):
     """A Python layer, run through :class:`PythonLayerRunner`."""
@@ -199,6 +226,7 @@ class _PythonStep(_Step):
 
     def run(self, force_backward):
         runner = self.runner
+        self.recorded = torch.is_grad_enabled()
         if not self.bottoms and not self.params:  # a data layer: nothing to differentiate
             runner.run()
             self.publish_sources(force_backward)
@@ -309,9 +337,9 @@ class Net:
         self.name = net_param.name
         self.phase = net_param.state.phase
         self.force_backward = net_param.force_backward
-        # Whether forward records the autograd graph that backward needs. Caffe can
-        # backpropagate through any net, so this starts True; code that only runs
-        # forward (scoring, deployment) may set it False to save time and memory.
+        # Whether forward records the autograd graph that backward's fast path uses.
+        # Code that only runs forward (scoring, deployment) may set it False to save
+        # time and memory; a backward then recomputes each layer from the blobs.
         self.autograd = True
         self._device = torch.device('cpu')
         self._mode_version = None
@@ -338,8 +366,10 @@ class Net:
         for step in self._steps:
             step.kept_diffs = frozenset(k for k, name in enumerate(step.lp.top)
                                         if name in self._available)
-        self._last_writer = {}
+        self._last_writer, self._last_reader = {}, {}
         for step in self._steps:
+            for name in step.lp.bottom:
+                self._last_reader[name] = step.index
             for name in step.lp.top:
                 self._last_writer[name] = step.index
         for step in self._steps:
@@ -424,7 +454,7 @@ class Net:
             blob = param_blobs[j]
             spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
             step.param_shapes.append(blob.shape)
-            step.param_train.append(spec.lr_mult != 0 or self.force_backward)
+            step.param_down.append(spec.lr_mult != 0)
             shared = bool(spec.name) and spec.name in self._shared
             step.param_owned.append(not shared)
             if shared:
@@ -441,8 +471,6 @@ class Net:
                 self.params_lr.append(spec.lr_mult)
                 self.params_weight_decay.append(spec.decay_mult)
             step.params.append(blob)
-            if step.param_train[-1]:
-                blob._requires_grad = True
 
     def _check_shared(self, where, spec, j, blob, owner, k):
         if spec.share_mode == _PERMISSIVE:
@@ -466,7 +494,16 @@ class Net:
                 values[k] = getattr(spec, field)
 
     def _finish_params(self):
-        """Per layer: detach the params it does not train, view permissive shares."""
+        """Caffe's need-backward analysis (backward.analyse); then per layer: detach
+        the bottoms that get no diff and the params it does not train, view
+        permissive shares."""
+        backward_walk.analyse(self._steps, self.force_backward)
+        for step in self._steps:
+            if not all(step.bottom_need):
+                step.stop_grad = [not need for need in step.bottom_need]
+            for blob, train in zip(step.params, step.param_train):
+                if train:
+                    blob._requires_grad = True
         for step in self._steps:
             special = []
             for blob, train, shape in zip(step.params, step.param_train, step.param_shapes):
@@ -477,8 +514,6 @@ class Net:
 
     def _setup_loss(self, step, weights):
         lp = step.lp
-        if any(not p for p in lp.propagate_down):
-            step.stop_grad = [not p for p in lp.propagate_down]
         for k, (blob, name, w) in enumerate(zip(step.tops, lp.top, weights)):
             self._blob_loss_weights[name] = float(w)
             if w:
@@ -677,11 +712,15 @@ class Net:
             for step in steps:
                 with reraise_oom(_oom_where(step), device=self._device):
                     step.run(force_backward)
+        for step in steps:
+            if step.recorded:
+                step.forward_state = backward_walk.bottom_state(step)
 
     def reshape(self):
         """Propagate the input blobs' shapes through every layer (Caffe's Net::Reshape)."""
         for step in self._steps:
             step.reshape()
+            step.stale()
 
     # ---- backward --------------------------------------------------------------------
 
@@ -693,8 +732,9 @@ class Net:
         diffs : list of str, optional
             Blobs whose diffs to return besides the inputs'.
         start : str, optional
-            Layer to start from: its tops' current diffs seed the gradient (a loss
-            top's diff holds its loss weight), and layers above it are left out.
+            Layer to start from (Caffe's BackwardFromTo): layers above it are left
+            out, and each layer from it down reads its tops' diffs as they stand (a
+            loss top's diff holds its loss weight).
         end : str, optional
             Last layer to run backward (inclusive): its bottoms get their diffs,
             layers below it (and their params) are left alone.
@@ -739,103 +779,29 @@ class Net:
         return {out: self._blobs[out].diff for out in outputs}
 
     def _backward(self, start=None, seeded=(), retain_graph=True, end=0):
-        """Backward from layer index ``start`` (the last by default) to the first.
+        """Caffe's BackwardFromTo from layer index ``start`` (the last by default) down
+        to ``end``; ``seeded`` names blobs whose diffs the caller wrote (pycaffe's
+        output diffs). See :mod:`torchcaffe.backward` for which layers run and for
+        the two ways the walk is done.
 
-        The roots are the loss tops of the layers up to ``start``, seeded with their
-        diffs (which hold their loss weights), and, from a layer other than the last,
-        that layer's tops seeded with their current diffs; ``seeded`` names more
-        blobs whose diffs seed them (pycaffe's output diffs).
-
-        ``retain_graph`` keeps what the forward saved for backward, so that backward
-        can run again before the next forward (Caffe allows that; param diffs add
-        up). ``retain_graph=False`` frees each saved tensor as soon as backward has
-        used it, which lowers the peak memory of training: ``forward_backward`` and
-        the solver run that way, since they never run backward twice.
+        ``retain_graph`` keeps what the forward saved for backward, so that the fast
+        path can serve another backward before the next forward (Caffe allows that;
+        param diffs add up). ``retain_graph=False`` frees each saved tensor as soon as
+        backward has used it, which lowers the peak memory of training:
+        ``forward_backward`` and the solver run that way; a second backward then
+        recomputes each layer.
         """
-        if not self.autograd:
-            raise CaffeError('net %r has autograd = False, so its forward kept no gradient '
-                             'graph: set net.autograd = True before the forward to '
-                             'backpropagate' % self.name)
-        if self._graph_freed:
-            raise CaffeError('net %r: backward already ran through the last forward with '
-                             'retain_graph=False (forward_backward and the solver free the '
-                             'graph to save memory); run forward again first' % self.name)
-        last = len(self._steps) - 1
-        start = last if start is None else start
-        roots, grads = [], []
+        if self._mode_version != mode.version():
+            self.sync_device()
+        start = len(self._steps) - 1 if start is None else start
         seeded_blobs = [self._blobs[name] for name in seeded]
-        if start == last:
-            # Caffe's Backward starts from the outputs' diffs as they are: a loss top's
-            # holds its loss weight, any other what the caller wrote there (zeros if
-            # nothing), which is all pycaffe's backward(z=g) does too.
-            seeded_blobs.extend(self._blobs[name] for name in self.outputs)
-        else:
-            step = self._steps[start]
-            for name, blob in zip(step.lp.top, step.tops):
-                if self._last_writer[name] != start:
-                    raise NotImplementedError(
-                        'backward(start=%r): top %r is changed in place by a later layer; '
-                        'start from that layer instead' % (step.name, name))
-                seeded_blobs.append(blob)
-        loss_blobs = []
-        for step in self._steps[:start + 1]:
-            for k, t in step.loss_outputs.items():
-                self._add_root(roots, grads, t, step.tops[k], step.loss_weights[k])
-                loss_blobs.append(step.tops[k])
-        for blob in seeded_blobs:
-            if not any(blob is b for b in loss_blobs):
-                loss_blobs.append(blob)  # each blob seeds once
-                self._add_root(roots, grads, blob._data.tensor, blob, 0.0)
-        if not roots:
-            return
-        if self._mirrored:
-            for b in self.learnable_params:
-                if b._diff.tensor is not None:
-                    b.diff_tensor()  # host writes go to the device before accumulating
-        with reraise_oom('net %r, backward pass' % self.name, device=self._device):
-            if end:
-                self._backward_to(end, start, roots, grads, retain_graph)
-            else:
-                torch.autograd.backward(roots, grads, retain_graph=retain_graph)
-        self._graph_freed = not retain_graph
-        if self._mirrored:
-            for step in self._steps:
-                if not isinstance(step, _PythonStep):
-                    for b in step.params:
-                        if b._requires_grad:
-                            b._diff.head = blob_module.DEVICE
-
-    def _backward_to(self, end, start, roots, grads, retain_graph):
-        """Backward through layers ``end`` .. ``start`` only (Caffe's BackwardFromTo):
-        autograd goes as far as those layers' bottoms and trained params."""
-        steps = self._steps[end:start + 1]
-        stops = [t for s in steps for t in s.last_bottoms if t.requires_grad]
-        leaves = [b._leaf for s in steps for b in s.params
-                  if b._requires_grad and b._leaf is not None and b._leaf.requires_grad]
-        inputs = list({id(t): t for t in stops + leaves}.values())
-        if not inputs:
-            return
-        torch.autograd.backward(roots, grads, retain_graph=retain_graph, inputs=inputs)
-        for t in stops:
-            if not t.is_leaf:
-                t.grad = None  # the diff went to the blob (its hook); drop torch's copy
-
-    @staticmethod
-    def _add_root(roots, grads, tensor, blob, weight):
-        if tensor is None or not tensor.requires_grad:
-            return
-        seed = blob.diff_tensor()
-        if seed.shape != tensor.shape:  # the blob was reshaped since the weight was set
-            seed = torch.full(tensor.shape, weight, dtype=tensor.dtype, device=tensor.device)
-            blob._diff.set(seed)
-        roots.append(tensor)
-        grads.append(seed.to(tensor.dtype))
+        backward_walk.run_backward(self, start, end, seeded_blobs, retain_graph)
 
     def forward_backward(self):
         """Forward, then backward; returns the loss (Caffe's ForwardBackward).
 
-        The backward frees the graph as it goes (``retain_graph=False``), so a
-        second ``backward()`` needs another forward first.
+        The backward frees the graph as it goes (``retain_graph=False``); a second
+        ``backward()`` recomputes each layer from the blobs instead.
         """
         self._forward(0, len(self._steps) - 1)
         self._backward(retain_graph=False)
@@ -966,6 +932,8 @@ class Net:
         path = os.fspath(path)
         source = io.read_caffemodel(path)
         h5 = path.endswith('.h5')
+        for step in self._steps:
+            step.stale()
         first = {}
         for step in self._steps:
             first.setdefault(step.name, step)
@@ -1041,6 +1009,8 @@ class Net:
     def share_with(self, other):
         """Share the learnable blobs' data (not diffs) of same-named layers of ``other``
         (Caffe's ShareTrainedLayersWith): writes through either net show in both."""
+        for step in self._steps:
+            step.stale()
         first = {}
         for step in self._steps:
             first.setdefault(step.name, step)

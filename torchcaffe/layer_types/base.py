@@ -75,6 +75,9 @@ class Layer:
     """
     type = None
     is_loss = False
+    # Whether forward writes into its params (BatchNorm's moving averages): a
+    # backward that recomputes the layer then gives it copies.
+    forward_updates_params = False
     bottom_counts = (1, 1)
     top_counts = (1, 1)
 
@@ -128,6 +131,11 @@ class Layer:
             blob.reshape(*shape)
 
     # ---- helpers for the Net --------------------------------------------------
+
+    def allow_force_backward(self, bottom_index):
+        """Whether ``force_backward`` may send a diff to bottom ``bottom_index``
+        (Caffe's ``Layer::AllowForceBackward``: yes, but where a layer says no)."""
+        return True
 
     def num_tops(self):
         """How many tops the prototxt gives this layer."""

@@ -123,6 +123,11 @@ def _labels(layer, label, outer, inner, channels, ignore_label):
 class _LossBase(Layer):
     bottom_counts = (2, 2)
 
+    def allow_force_backward(self, bottom_index):
+        # Caffe's LossLayer: no diff to the labels, even under force_backward
+        # (Accuracy is no LossLayer there: it keeps the default).
+        return not self.is_loss or bottom_index != 1
+
     def _ignore_label(self, param):
         return param.ignore_label if param.HasField('ignore_label') else None
 
@@ -272,6 +277,9 @@ class EuclideanLoss(_LossBase):
     """
     type = 'EuclideanLoss'
     is_loss = True
+
+    def allow_force_backward(self, bottom_index):
+        return True  # euclidean_loss_layer.hpp: both inputs may get diffs
 
     def top_shapes(self, bottom_shapes):
         a, b = (tuple(s) for s in bottom_shapes)
@@ -595,6 +603,9 @@ class ContrastiveLoss(_LossBase):
     type = 'ContrastiveLoss'
     is_loss = True
     bottom_counts = (3, 3)
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 2  # contrastive_loss_layer.hpp: not to the pair label
 
     def top_shapes(self, bottom_shapes):
         a, b, y = (tuple(s) for s in bottom_shapes)

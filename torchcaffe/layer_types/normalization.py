@@ -58,6 +58,7 @@ class BatchNorm(Layer):
     never get a gradient, even under force_backward (Caffe's backward writes none).
     """
     type = 'BatchNorm'
+    forward_updates_params = True
 
     def __init__(self, layer_param, phase):
         super().__init__(layer_param, phase)

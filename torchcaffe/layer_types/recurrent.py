@@ -83,6 +83,9 @@ class LSTMUnit(Layer):
     bottom_counts = (3, 3)
     top_counts = (2, 2)
 
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 2  # lstm_layer.hpp: not to the sequence continuation
+
     def top_shapes(self, bottom_shapes):
         c_prev, gates, cont = (tuple(s) for s in bottom_shapes)
         if len(c_prev) != 3 or len(gates) != 3 or len(cont) != 2 \
@@ -110,6 +113,9 @@ class _Recurrent(Layer):
     """What RNN and LSTM share: blob counts, shape checks, the carried state."""
     num_states = 1      # recurrent state blobs (RNN: h; LSTM: h, c)
     gate_factor = 1     # rows of the input transform per hidden unit
+
+    def allow_force_backward(self, bottom_index):
+        return bottom_index != 1  # recurrent_layer.hpp: not to the sequence continuation
 
     def __init__(self, layer_param, phase):
         super().__init__(layer_param, phase)

@@ -8,7 +8,6 @@ numpy from the blobs' values.
 """
 import os
 import sys
-import textwrap
 import uuid
 
 import numpy as np

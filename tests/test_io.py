@@ -357,11 +357,28 @@ def test_h5_history_with_a_gap_is_rejected(tmp_path):
         io.read_solverstate(path)
 
 
-def test_non_hdf5_file_with_h5_suffix_is_rejected(tmp_path):
-    path = tmp_path / 'w.caffemodel.h5'
-    path.write_bytes(weights_net().SerializeToString())
-    with pytest.raises(FormatError, match='not a readable HDF5 file'):
-        io.read_caffemodel(path)
+def test_a_caffemodel_is_read_by_its_content_not_its_suffix(tmp_path):
+    # Caffe's CopyTrainedLayersFrom asks H5Fis_hdf5 of the file, not of its name.
+    binary = tmp_path / 'w.caffemodel.h5'
+    binary.write_bytes(weights_net().SerializeToString())
+    assert not io.is_hdf5_file(binary)
+    got = arrays(io.read_caffemodel(binary))
+    want = arrays(weights_net())
+    assert set(got) == set(want)
+    for name in want:
+        assert len(got[name]) == len(want[name])
+        for a, b in zip(got[name], want[name]):
+            np.testing.assert_array_equal(a, b)
+    hdf5 = tmp_path / 'weights_tmp'  # no suffix, as tempfile names go
+    io.write_caffemodel_h5(weights_net(), hdf5)
+    assert io.is_hdf5_file(hdf5) and not io.is_hdf5_file(tmp_path / 'missing')
+    got = arrays(io.read_caffemodel(hdf5))
+    assert set(got) == set(want) and not got['relu1']
+    np.testing.assert_array_equal(got['fc'][0], want['fc'][0])
+    garbage = tmp_path / 'junk.caffemodel.h5'
+    garbage.write_bytes(b'\x89HDF nonsense')
+    with pytest.raises(FormatError):
+        io.read_caffemodel(garbage)
 
 
 # ---------------------------------------------------------------- atomic writes

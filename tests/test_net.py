@@ -4,6 +4,7 @@ Tiny nets are written inline as prototxt; expected values are computed by hand i
 numpy, or by finite differences for the whole-net gradient check.
 """
 import math
+import os
 
 import numpy as np
 import pytest
@@ -506,6 +507,37 @@ def test_h5_weights_round_trip(tmp_path):
     other = make_net(GRAD_NET.replace('std: 0.5', 'std: 2'))
     other.copy_from(path)
     np.testing.assert_array_equal(other.params['up'][0].data, net.params['up'][0].data)
+
+
+def test_hdf5_weights_without_an_extension_are_known_by_their_content(tmp_path):
+    # pycaffe's test_save_hdf5 / test_load_hdf5 use tempfile names: no suffix. Caffe's
+    # CopyTrainedLayersFrom asks H5Fis_hdf5 of the content.
+    import surgery
+    net = make_net(GRAD_NET)
+    path = str(tmp_path / 'weights_tmp')
+    net.save_hdf5(path)
+    with open(path, 'rb') as f:
+        assert f.read(8) == b'\x89HDF\r\n\x1a\n'  # HDF5's signature
+    for load in (lambda n: n.load_hdf5(path), lambda n: n.copy_from(path)):
+        other = make_net(GRAD_NET.replace('std: 0.5', 'std: 2'))
+        load(other)
+        for name in net.params:
+            assert len(net.params[name]) == len(other.params[name])
+            for a, b in zip(net.params[name], other.params[name]):
+                assert a.data.tobytes() == b.data.tobytes(), name
+    param = net_param(GRAD_NET)
+    param.state.phase = caffe.TRAIN
+    built = caffe.Net(param, weights=path)
+    assert built.params['up'][0].data.tobytes() == net.params['up'][0].data.tobytes()
+    saved = surgery.SavedParams(path)  # what solve.py's --weights and surgery read
+    np.testing.assert_array_equal(saved.params['up'][0].data, net.params['up'][0].data)
+    # A binary caffemodel named .h5 is the binary proto it is.
+    binary = str(tmp_path / 'binary.h5')
+    net.save(str(tmp_path / 'binary.caffemodel'))
+    os.replace(str(tmp_path / 'binary.caffemodel'), binary)
+    other = make_net(GRAD_NET.replace('std: 0.5', 'std: 2'))
+    other.copy_from(binary)
+    assert other.params['up'][0].data.tobytes() == net.params['up'][0].data.tobytes()
 
 
 def test_copy_from_ignores_layers_the_net_lacks(tmp_path):

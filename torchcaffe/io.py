@@ -3,9 +3,10 @@
 * prototxt (protobuf text) for ``NetParameter`` and ``SolverParameter``;
 * ``.caffemodel`` (binary ``NetParameter``) and ``.solverstate`` (binary ``SolverState``);
 * their HDF5 forms ``.caffemodel.h5`` / ``.solverstate.h5`` (``snapshot_format: HDF5``),
-  chosen by the ``.h5`` suffix as Caffe does; an HDF5 caffemodel reads back as a
-  ``NetParameter`` with ``layer`` names and ``blobs`` so the rest of torchcaffe sees one
-  representation.
+  written by the ``.h5`` suffix as Caffe does; a caffemodel is read as HDF5 when its
+  content is (Caffe's ``H5Fis_hdf5``), whatever its name. An HDF5 caffemodel reads back
+  as a ``NetParameter`` with ``layer`` names and ``blobs`` so the rest of torchcaffe
+  sees one representation.
 
 Nets are upgraded on load as Caffe upgrades them (see ``torchcaffe.upgrade``). Every
 write goes to a temporary file in the target's directory, is fsynced, then renamed over
@@ -42,7 +43,8 @@ from .upgrade import (needs_upgrade, upgrade_net_param, upgrade_net_param_in_pla
 
 __all__ = [
     'parse_prototxt', 'read_net_prototxt', 'read_solver_prototxt', 'write_prototxt',
-    'message_to_text', 'read_caffemodel', 'write_caffemodel', 'write_caffemodel_h5',
+    'message_to_text', 'is_hdf5_file', 'read_caffemodel', 'write_caffemodel',
+    'write_caffemodel_h5',
     'read_solverstate', 'write_solverstate', 'blobproto_to_array', 'array_to_blobproto',
     'blob_shape', 'legacy_shape_equals', 'array_to_datum', 'datum_to_array',
     'arraylist_to_blobprotovector_str', 'blobprotovector_str_to_arraylist',
@@ -138,6 +140,15 @@ def _serialize(message, path):
 
 def _is_h5(path):
     return os.fspath(path).endswith('.h5')
+
+
+def is_hdf5_file(path):
+    """Whether ``path`` is an HDF5 file, by its content (HDF5's signature), as Caffe's
+    CopyTrainedLayersFrom asks ``H5Fis_hdf5``; False for a missing file."""
+    try:
+        return bool(h5py.is_hdf5(os.fspath(path)))
+    except (OSError, ValueError):
+        return False
 
 
 # ---------------------------------------------------------------- prototxt
@@ -315,7 +326,8 @@ def _check_weights(net, path):
 
 
 def read_caffemodel(path, upgrade=True):
-    """Read weights: binary ``.caffemodel`` or HDF5 ``.caffemodel.h5``.
+    """Read weights: a binary caffemodel or an HDF5 one, told apart by the file's
+    content (Caffe's CopyTrainedLayersFrom), whatever its name.
 
     Returns
     -------
@@ -326,7 +338,7 @@ def read_caffemodel(path, upgrade=True):
         (see ``is_placeholder_blob``).
     """
     path = str(path)
-    if _is_h5(path):
+    if is_hdf5_file(path):
         net = _read_caffemodel_h5(path)
     else:
         net = _read_binary(path, caffe_pb2.NetParameter, 'caffemodel (NetParameter)',

@@ -35,7 +35,6 @@ Layer implementations live in ``torchcaffe.layer_types``; Python layers in
 ``torchcaffe.mode``.
 """
 import contextlib
-import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -45,14 +44,15 @@ import torch
 
 from . import blob as blob_module
 from . import backward as backward_walk
-from . import graph, io, mode
+from . import graph, io, mode, net_batches, net_weights
 from .memory import reraise_oom
 from .blob import Blob
-from .errors import CaffeError, NetGraphError, NetMismatchError, ShapeError
+from .errors import CaffeError, NetGraphError, ShapeError
 from .insert_splits import insert_splits
 from .layer_types import create_layer
 from .proto import caffe_pb2
 from .python_layer import PythonLayerRunner, create_python_layer, net_folder
+from .steps import InputStep, PythonStep, Step, oom_where
 from .upgrade import needs_upgrade, upgrade_net_param
 
 __all__ = ['Net']
@@ -60,184 +60,6 @@ __all__ = ['Net']
 log = logging.getLogger(__name__)
 
 _PERMISSIVE = caffe_pb2.ParamSpec.PERMISSIVE
-
-
-# ------------------------------------------------------------------------------ steps
-
-class _Step:
-    """One layer as the net runs it, with its blobs resolved once at setup."""
-
-    runner = None  # a Python layer's PythonLayerRunner
-
-    def __init__(self, index, lp, layer, bottoms, tops, in_place):
-        self.index = index
-        self.name = lp.name
-        self.lp = lp
-        self.layer = layer
-        self.bottoms = bottoms
-        self.tops = tops
-        self.in_place = in_place
-        self.stop_grad = None      # per bottom: gets no diff (detached), when any does not
-        self.params = []           # Blob per learnable blob (shared ones are the owner's)
-        self.param_shapes = []     # this layer's own shape of each
-        self.param_down = []       # lr_mult != 0 of each (Caffe's param_need_backward)
-        # Set by backward.analyse (Caffe's Net::Init): whether the layer runs backward,
-        # which bottoms get diffs, which params get diffs.
-        self.need_backward = False
-        self.bottom_need = []
-        self.param_train = []
-        self.param_owned = []      # False where the blob is shared from an earlier layer
-        self.param_special = None  # (detach, view shape) per param when any is needed
-        self.produced = []         # (top index, Blob): tops made here whose diff is captured
-        self.kept_diffs = ()       # top indices of net outputs: forward keeps their diffs
-        self.loss_weights = {}     # top index -> nonzero loss weight
-        self.loss_outputs = {}     # top index -> tensor of the last forward
-        self.shapes = None         # bottom shapes at the last shape check
-        self.last_bottoms = ()     # the bottom tensors of the last forward (backward(end=))
-        self.recorded = False      # the last forward recorded an autograd graph
-        self.forward_state = None  # backward.bottom_state after a recorded forward
-        self.rng_state = None      # the layer's generator before its last forward
-
-    # ---- pieces shared by the step kinds --------------------------------------------
-
-    def bottom_tensors(self):
-        tensors = [b.data_tensor() for b in self.bottoms]
-        if self.stop_grad is not None:
-            tensors = [t.detach() if stop else t for t, stop in zip(tensors, self.stop_grad)]
-        return tensors
-
-    def param_tensors(self):
-        if self.param_special is None:
-            return [p._param_tensor() for p in self.params]
-        tensors = []
-        for p, (detach, view) in zip(self.params, self.param_special):
-            t = p._param_tensor()
-            if detach:
-                t = t.detach()
-            if view is not None:
-                t = t.view(view)
-            tensors.append(t)
-        return tensors
-
-    def publish(self, tops):
-        """Bind computed tops to their blobs, then record them."""
-        for blob, t in zip(self.tops, tops):
-            blob._data.set(t)
-        self.record(tops)
-
-    def record(self, tops):
-        """Clear the diffs of blobs made here and hook their gradient capture."""
-        for k, blob in self.produced:
-            if k not in self.kept_diffs:  # Caffe's forward leaves an output's diff as it is
-                blob._diff.tensor = None
-            t = tops[k]
-            if t.requires_grad:
-                t.register_hook(blob._capture_diff)
-        if self.loss_weights:
-            self.loss_outputs = {k: tops[k] for k in self.loss_weights}
-
-    def publish_sources(self, force_backward):
-        """Tops the net does not compute (inputs, data layers): under force_backward
-        they become leaves so that their diffs are computed, as Caffe computes them."""
-        tensors = []
-        for blob in self.tops:
-            t = blob.data_tensor()
-            if force_backward and t.is_floating_point():
-                t = t.detach().requires_grad_(True)
-                blob._data.tensor = t  # same storage: the host side stays valid
-            tensors.append(t)
-        self.record(tensors)
-
-    def check_shapes(self, shapes):
-        """Validate new bottom shapes (Caffe's Reshape); return the top shapes."""
-        shapes = [tuple(s) for s in shapes]
-        layer = self.layer
-        try:
-            top_shapes = layer.top_shapes(shapes)
-            if self.params:
-                want = [tuple(int(d) for d in s) for s in layer.param_shapes(shapes)]
-                if want != self.param_shapes:
-                    raise ShapeError('bottoms of shapes %s need learnable blobs of shapes %s, '
-                                     'the layer has %s' % (shapes, want, self.param_shapes))
-        except ShapeError as err:
-            if repr(self.name) in str(err):
-                raise
-            raise ShapeError('layer %r (%s): %s' % (self.name, self.lp.type, err)) from err
-        self.shapes = shapes
-        return top_shapes
-
-    def release(self):
-        """Before a forward recomputes this layer: let go of the last forward's graph
-        (its tensors keep their values until they are replaced)."""
-        for blob, in_place in zip(self.tops, self.in_place):
-            t = blob._data.tensor
-            if not in_place and t is not None and t.grad_fn is not None:
-                blob._data.tensor = t.detach()
-        self.loss_outputs = {}
-        self.last_bottoms = ()
-        self.forward_state = None
-
-    def stale(self):
-        """After a reshape or new weights: the last forward's graph no longer holds."""
-        self.forward_state = None
-        self.last_bottoms = ()
-
-    # ---- the step kinds override these ---------------------------------------------
-
-    def run(self, force_backward):
-        gen = getattr(self.layer, 'generator', None)
-        self.rng_state = gen.get_state() if gen is not None else None
-        self.recorded = torch.is_grad_enabled()
-        bottoms = self.last_bottoms = self.bottom_tensors()
-        shapes = [t.shape for t in bottoms]
-        if shapes != self.shapes:
-            self.check_shapes(shapes)
-        self.publish(self.layer.forward(bottoms, self.param_tensors()))
-
-    def reshape(self):
-        top_shapes = self.check_shapes([b.shape for b in self.bottoms])
-        for blob, shape, in_place in zip(self.tops, top_shapes, self.in_place):
-            if not in_place:
-                blob._declare_shape(shape)
-
-
-class _InputStep(_Step):
-    """An Input layer: its tops are the net's inputs, written by the user."""
-
-    def run(self, force_backward):
-        self.publish_sources(force_backward)
-
-    def reshape(self):
-        pass
-
-    def release(self):
-        pass  # the inputs are the user's
-
-    def stale(self):
-        pass
-
-
-class _PythonStep(_Step):
-    """A Python layer, run through :class:`PythonLayerRunner`."""
-
-    def __init__(self, index, lp, layer, bottoms, tops, in_place, runner):
-        super().__init__(index, lp, layer, bottoms, tops, in_place)
-        self.runner = runner
-
-    def run(self, force_backward):
-        runner = self.runner
-        self.recorded = torch.is_grad_enabled()
-        if not self.bottoms and not self.params:  # a data layer: nothing to differentiate
-            runner.run()
-            self.publish_sources(force_backward)
-        elif not self.tops:
-            runner.run()
-        else:
-            self.last_bottoms = self.bottom_tensors()
-            self.publish(runner.apply(self.last_bottoms + self.param_tensors()))
-
-    def reshape(self):
-        self.runner.reshape()
 
 
 # ------------------------------------------------------------------------------ the net
@@ -373,7 +195,7 @@ class Net:
             for name in step.lp.top:
                 self._last_writer[name] = step.index
         for step in self._steps:
-            if hasattr(step.layer, 'generator') and not isinstance(step, _PythonStep):
+            if hasattr(step.layer, 'generator') and not isinstance(step, PythonStep):
                 step.layer.generator = mode.generator(self._device)
 
     def _add_layer(self, lp, generator):
@@ -406,14 +228,14 @@ class Net:
         if lp.type == 'Python':
             layer = create_python_layer(lp)
             runner = PythonLayerRunner(layer, lp, lp.phase, bottoms, tops)
-            step = _PythonStep(index, lp, layer, bottoms, tops, in_place, runner)
+            step = PythonStep(index, lp, layer, bottoms, tops, in_place, runner)
             runner.setup()
             param_blobs = layer.blobs
             weights = _given_loss_weights(lp, where)
         else:
             layer = create_layer(lp, lp.phase)
             layer.check_blob_counts(len(bottoms), len(tops))
-            kind = _InputStep if lp.type == 'Input' else _Step
+            kind = InputStep if lp.type == 'Input' else Step
             step = kind(index, lp, layer, bottoms, tops, in_place)
             bottom_shapes = [b.shape for b in bottoms]
             for blob, shape, ip in zip(tops, step.check_shapes(bottom_shapes), in_place):
@@ -604,7 +426,7 @@ class Net:
         self._device = dev
         self._mirrored = blob_module.needs_mirror(dev)
         for step in self._steps:
-            if hasattr(step.layer, 'generator') and not isinstance(step, _PythonStep):
+            if hasattr(step.layer, 'generator') and not isinstance(step, PythonStep):
                 step.layer.generator = mode.generator(dev)
 
     def to(self, dtype):
@@ -710,7 +532,7 @@ class Net:
         recording = contextlib.nullcontext() if self.autograd else torch.no_grad()
         with mode.autocast(self._device), recording:
             for step in steps:
-                with reraise_oom(_oom_where(step), device=self._device):
+                with reraise_oom(oom_where(step), device=self._device):
                     step.run(force_backward)
         for step in steps:
             if step.recorded:
@@ -841,12 +663,7 @@ class Net:
         -------
         dict : blob name -> array of all items' outputs (padding discarded).
         """
-        all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
-        for batch in self._batch(kwargs):
-            outs = self.forward(blobs=blobs, **batch)
-            for out, data in outs.items():
-                all_outs[out].extend(data.copy())
-        return _gathered(all_outs, len(next(iter(kwargs.values()))))
+        return net_batches.forward_all(self, blobs, kwargs)
 
     def forward_backward_all(self, blobs=None, diffs=None, **kwargs):
         """Forward and backward in batches of the net's batch size (pycaffe's
@@ -868,35 +685,7 @@ class Net:
             Blob name -> array of all items' data, and blob name -> array of all
             items' diffs (padding of the last batch discarded).
         """
-        all_outs = {out: [] for out in set(self.outputs + list(blobs or []))}
-        all_diffs = {diff: [] for diff in set(self.inputs + list(diffs or []))}
-        forward_batches = self._batch({k: kwargs[k] for k in self.inputs if k in kwargs})
-        backward_batches = self._batch({k: kwargs[k] for k in self.outputs if k in kwargs})
-        for fb, bb in itertools.zip_longest(forward_batches, backward_batches, fillvalue={}):
-            for out, data in self.forward(blobs=blobs, **fb).items():
-                all_outs[out].extend(data.copy())
-            for diff, data in self.backward(diffs=diffs, **bb).items():
-                all_diffs[diff].extend(data.copy())
-        num = len(next(iter(kwargs.values()))) if kwargs else None
-        return _gathered(all_outs, num), _gathered(all_diffs, num)
-
-    def _batch(self, arrays):
-        """Batches of the net's batch size (the first blob's num), the last padded with
-        zeros; nothing for no arrays."""
-        if not arrays:
-            return
-        num = len(next(iter(arrays.values())))
-        batch_size = next(iter(self._blobs.values())).num
-        for i in range(0, num - num % batch_size, batch_size):
-            yield {name: np.asarray(a[i:i + batch_size]) for name, a in arrays.items()}
-        remainder = num % batch_size
-        if remainder:
-            batch = {}
-            for name, a in arrays.items():
-                a = np.asarray(a)
-                pad = np.zeros((batch_size - remainder,) + a.shape[1:], a.dtype)
-                batch[name] = np.concatenate([a[-remainder:], pad])
-            yield batch
+        return net_batches.forward_backward_all(self, blobs, diffs, kwargs)
 
     def set_input_arrays(self, data, labels):
         """Feed arrays to the net's first layer, a MemoryData layer (pycaffe's
@@ -921,7 +710,8 @@ class Net:
     # ---- weights ---------------------------------------------------------------------
 
     def copy_from(self, path):
-        """Copy learnable blobs from a ``.caffemodel`` (or ``.h5``) by layer name.
+        """Copy learnable blobs from a caffemodel, binary or HDF5 (told apart by the
+        file's content, as Caffe's CopyTrainedLayersFrom), by layer name.
 
         Layers the net lacks are ignored. A count or shape mismatch is an error
         naming the layer, the blob index and both shapes (NetMismatchError); legacy
@@ -929,72 +719,24 @@ class Net:
         Blob::ShapeEquals). NaN or infinite values are copied, as Caffe copies them,
         with a logged warning naming the file, layer and blob.
         """
-        path = os.fspath(path)
-        source = io.read_caffemodel(path)
-        h5 = path.endswith('.h5')
-        for step in self._steps:
-            step.stale()
-        first = {}
-        for step in self._steps:
-            first.setdefault(step.name, step)
-        for src in source.layer:
-            step = first.get(src.name)
-            if step is None:
-                log.debug('Ignoring source layer %s', src.name)
-                continue
-            self._copy_layer(path, src, step, h5)
-
-    def _copy_layer(self, path, src, step, h5):
-        targets = step.layer.blobs
-        n_src, n_dst = len(src.blobs), len(targets)
-        if n_src > n_dst or (n_src < n_dst and not h5):
-            raise NetMismatchError('%s: incompatible number of blobs for layer %r: the file has '
-                                   '%d, the net %d' % (path, src.name, n_src, n_dst))
-        for j, (blob, shape) in enumerate(zip(targets, step.param_shapes)):
-            proto = src.blobs[j] if j < n_src else None
-            if proto is None or io.is_placeholder_blob(proto):
-                if h5 and not step.param_owned[j]:
-                    continue  # Caffe stores a shared param once, under its owner
-                raise NetMismatchError('%s: incompatible number of blobs for layer %r: blob %d '
-                                       'is missing' % (path, src.name, j))
-            if not io.legacy_shape_equals(proto, shape):
-                raise NetMismatchError(
-                    "%s: cannot copy param %d weights from layer %r; shape mismatch. Source "
-                    "param shape is %s; target param shape is %s. To learn this layer's "
-                    "parameters from scratch rather than copying from a saved net, rename "
-                    "the layer." % (path, j, src.name, io.blob_shape(proto), shape))
-            array = io.blobproto_to_array(proto)
-            bad = array.size - int(np.count_nonzero(np.isfinite(array)))
-            if bad:
-                # Caffe copies them silently; loading still works (a diverged snapshot
-                # can be inspected), and a solver stops on the first NaN loss.
-                log.warning('%s: layer %r blob %d has %d NaN or infinite values of %d',
-                            path, src.name, j, bad, array.size)
-            blob.set_data(array.reshape(blob.shape))
+        net_weights.copy_trained_layers(self, path)
 
     def to_proto(self, write_diff=False):
         """The net as Caffe's Net::ToProto: each layer's parameter with its blobs."""
-        net = caffe_pb2.NetParameter(name=self.name)
-        for step in self._steps:
-            lp = net.layer.add()
-            lp.CopyFrom(step.lp)
-            del lp.blobs[:]
-            for blob, shape in zip(step.layer.blobs, step.param_shapes):
-                data = blob.data.reshape(shape)
-                diff = blob.diff.reshape(shape) if write_diff else None
-                lp.blobs.add().CopyFrom(io.array_to_blobproto(data, diff))
-        return net
+        return net_weights.to_proto(self, write_diff)
 
     def save(self, path):
         """Write the layers and their weights; a ``.h5`` path writes Caffe's HDF5 form."""
         io.write_caffemodel(self.to_proto(), os.fspath(path))
 
     def save_hdf5(self, path):
-        """Write the weights in Caffe's HDF5 form (pycaffe's ``save_hdf5``)."""
+        """Write the weights in Caffe's HDF5 form (pycaffe's ``save_hdf5``), whatever
+        the file's name."""
         io.write_caffemodel_h5(self.to_proto(), os.fspath(path))
 
     def load_hdf5(self, path):
-        """Copy weights from an HDF5 caffemodel (pycaffe's ``load_hdf5``)."""
+        """Copy weights from an HDF5 caffemodel (pycaffe's ``load_hdf5``), whatever
+        the file's name."""
         self.copy_from(path)
 
     def to_module(self, blobs=None):
@@ -1009,40 +751,7 @@ class Net:
     def share_with(self, other):
         """Share the learnable blobs' data (not diffs) of same-named layers of ``other``
         (Caffe's ShareTrainedLayersWith): writes through either net show in both."""
-        for step in self._steps:
-            step.stale()
-        first = {}
-        for step in self._steps:
-            first.setdefault(step.name, step)
-        for src in other._steps:
-            step = first.get(src.name)
-            if step is None:
-                continue
-            targets, sources = step.layer.blobs, src.layer.blobs
-            if len(targets) != len(sources):
-                raise NetMismatchError('share_with: incompatible number of blobs for layer %r: '
-                                       '%d here, %d in the other net'
-                                       % (src.name, len(targets), len(sources)))
-            for j, (dst, s) in enumerate(zip(targets, sources)):
-                if dst.shape != s.shape:
-                    raise NetMismatchError('share_with: layer %r blob %d has shape %s here, %s '
-                                           'in the other net' % (src.name, j, dst.shape, s.shape))
-                if s._data.tensor is None:
-                    s._allocate(s._data)
-                dst._data = s._data
-
-
-def _gathered(lists, num):
-    """Lists of per-item arrays as arrays of the first ``num`` items (None: all), which
-    drops the zero padding of the last batch."""
-    return {k: np.asarray(v)[:num] for k, v in lists.items()}
-
-
-def _oom_where(step):
-    """The layer and the tops (with shapes) a forward step makes, for memory errors."""
-    tops = ', '.join('%r %s' % (name, tuple(blob.shape))
-                     for name, blob in zip(step.lp.top, step.tops))
-    return 'layer %r (%s) making top %s' % (step.name, step.lp.type, tops)
+        net_weights.share_trained_layers(self, other)
 
 
 def _given_loss_weights(lp, where):

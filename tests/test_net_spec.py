@@ -152,7 +152,7 @@ def test_netspec_rejects_an_unpacked_multi_top_assignment():
 
 def test_bottom_must_be_a_top():
     pair = L.Python(module='m', layer='l', ntop=2)
-    with pytest.raises(NetSpecError, match='Concat layer: bottom 0'):
+    with pytest.raises(NetSpecError, match=r'^Concat input 0 is not a Top \(type is '):
         L.Concat(pair)
     with pytest.raises(NetSpecError, match='in_place'):
         L.ReLU(in_place=True)

@@ -227,8 +227,16 @@ def test_a_tuple_of_tops_as_a_bottom_is_a_type_error():
     n = caffe.NetSpec()
     n.data = L.Input(shape=dict(dim=[1, 4]))
     pair = L.Slice(n.data, ntop=2)
-    with pytest.raises(TypeError, match='not a Top|must be a Top'):
+    with pytest.raises(TypeError, match=r'^ReLU input 0 is not a Top \(type is '
+                                        r"<class 'tuple'>\)$"):
         L.ReLU(pair)
+    # pycaffe's test_net_spec: the exact text, nothing after it.
+    with pytest.raises(TypeError) as err:
+        L.Silence(L.DummyData(ntop=2), ntop=0)
+    assert str(err.value) == "Silence input 0 is not a Top (type is <class 'tuple'>)"
+    with pytest.raises(TypeError) as err:
+        L.ReLU(n.data, 3)
+    assert str(err.value) == "ReLU input 1 is not a Top (type is <class 'int'>)"
 
 
 def coord_net(dpad=0, pool=2):

@@ -226,11 +226,10 @@ class Function(object):
     def _check_shape(self):
         for i, bottom in enumerate(self.inputs):
             if not isinstance(bottom, Top):
-                hint = ('; unpack a multi-top layer into separate tops'
-                        if isinstance(bottom, tuple) else '')
-                raise NetSpecTypeError('%s layer: bottom %d must be a Top, got %r (type is '
-                                       '%s)%s' % (self.type_name, i, bottom,
-                                                  type(bottom).__name__, hint))
+                # pycaffe's text exactly (code matches it with an anchored regex); a
+                # tuple here is a multi-top layer's tops, to unpack first.
+                raise NetSpecTypeError('%s input %d is not a Top (type is %s)'
+                                       % (self.type_name, i, type(bottom)))
         if not isinstance(self.ntop, int) or self.ntop < 0:
             raise NetSpecError('%s layer: ntop must be a non-negative int, got %r'
                                % (self.type_name, self.ntop))

@@ -68,6 +68,36 @@ def test_image_data_resizes_grey_and_transforms(image_list):
     np.testing.assert_array_equal(data[0], want)
 
 
+@pytest.mark.parametrize('is_color', [True, False])
+def test_image_data_resizes_as_opencv_inter_linear_up_and_down(tmp_path, is_color):
+    # Caffe's ReadImageToCVMat calls cv::resize (INTER_LINEAR); the border rows and
+    # columns of an upscale are where a clamped fraction would round differently.
+    import cv2
+    rng = np.random.default_rng(22)
+    folder = tmp_path / 'imgs'
+    folder.mkdir()
+    sizes = [(9, 11), (5, 7), (16, 12), (30, 41)]
+    for i, (h, w) in enumerate(sizes):
+        Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).save(
+            str(folder / ('%d.png' % i)))
+    (tmp_path / 'list.txt').write_text(''.join('%d.png %d\n' % (i, i)
+                                               for i in range(len(sizes))))
+    flag = cv2.IMREAD_COLOR if is_color else cv2.IMREAD_GRAYSCALE
+    for new_h, new_w in ((23, 17), (41, 64), (4, 6)):
+        params = 'new_height: %d new_width: %d is_color: %s' % (new_h, new_w,
+                                                                  str(is_color).lower())
+        text = IMAGE_DATA % (tmp_path / 'list.txt', folder, params, '')
+        net = net_from(tmp_path, text.replace('batch_size: 2', 'batch_size: 4'))
+        data = net.forward()['data']
+        assert data.shape == (len(sizes), 3 if is_color else 1, new_h, new_w)
+        for i in range(len(sizes)):
+            image = cv2.imread(str(folder / ('%d.png' % i)), flag)  # BGR, as Caffe reads
+            want = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+            want = want.transpose(2, 0, 1) if is_color else want[None]
+            np.testing.assert_array_equal(data[i], want.astype(np.float32),
+                                          err_msg='%s -> %s' % (sizes[i], (new_h, new_w)))
+
+
 def test_image_data_shuffle_is_a_seeded_permutation_per_epoch(image_list):
     tmp_path, images = image_list
     text = IMAGE_DATA % (tmp_path / 'list.txt', tmp_path / 'imgs', 'shuffle: true', '')

@@ -56,6 +56,11 @@ class NetSpecTypeError(NetSpecError, TypeError):
     a multi-top layer's tops, say); a TypeError, as pycaffe's ``net_spec`` raises."""
 
 
+class TransformError(CaffeError, ValueError):
+    """An image does not fit the transform_param (smaller than the crop, a mean of
+    another size, an undecodable file); the message names the layer."""
+
+
 class ShapeError(CaffeError, ValueError):
     """Blob shapes do not fit a layer; the message names the layer and the shapes."""
 

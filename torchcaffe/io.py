@@ -37,6 +37,7 @@ from google.protobuf import message as pb_message
 from google.protobuf import text_format, unknown_fields
 
 from .errors import FormatError, PrototxtError
+from .image_decode import decode_image
 from .proto import caffe_pb2
 from .upgrade import (needs_upgrade, upgrade_net_param, upgrade_net_param_in_place,
                       upgrade_solver_param)
@@ -737,7 +738,6 @@ def datum_to_array(datum, color=None, where='datum'):
         message starts with ``where``).
     """
     if datum.encoded:
-        from .data_transformer import decode_image
         return decode_image(datum.data, color, where=where)
     shape = (datum.channels, datum.height, datum.width)
     size = shape[0] * shape[1] * shape[2]

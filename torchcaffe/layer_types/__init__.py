@@ -6,5 +6,6 @@
 from .base import Layer, register, create_layer, known_types, layer_class
 from . import vision, neuron, common, loss, data  # noqa: F401  (registers the layers)
 from . import normalization, recurrent  # noqa: F401
+from . import window_data  # noqa: F401  (builds on data's batch layer)
 
 __all__ = ['Layer', 'register', 'create_layer', 'known_types', 'layer_class']

@@ -653,6 +653,3 @@ class MemoryDataLayer(Layer):
         data = torch.from_numpy(self._data[i:i + n].copy()).to(dev)
         labels = torch.from_numpy(self._labels[i:i + n].reshape(n).copy()).to(dev)
         return [data, labels]
-
-
-from . import window_data  # noqa: E402,F401  (registers WindowData, which builds on these)

@@ -390,3 +390,43 @@ def _narrow_fcn(param):
             if p.lr_mult == 0 and lp.type != 'Deconvolution':
                 p.lr_mult = 1
     return out
+
+
+def test_training_steps_take_the_recorded_graph(monkeypatch):
+    def refuse(*args):
+        raise AssertionError('the per-layer walk ran during training')
+    monkeypatch.setattr(backward_walk, '_per_layer_walk', refuse)
+    net = make_net("""
+    input: 'x' input_shape { dim: 4 dim: 3 }
+    input: 'y' input_shape { dim: 4 dim: 2 }
+    layer { name: 'ip' type: 'InnerProduct' bottom: 'x' top: 'h'
+      inner_product_param { num_output: 2 weight_filler { type: 'gaussian' std: 1 } } }
+    layer { name: 'drop' type: 'Dropout' bottom: 'h' top: 'h' }
+    layer { name: 'loss' type: 'EuclideanLoss' bottom: 'h' bottom: 'y' top: 'l' }""")
+    for _ in range(3):
+        net.blobs['x'].data[...] = RNG.randn(4, 3)
+        net.blobs['y'].data[...] = RNG.randn(4, 2)
+        net.forward_backward()
+    assert np.abs(net.params['ip'][0].diff).sum() > 0
+
+
+def test_a_recomputed_batch_norm_keeps_its_moving_averages():
+    net = make_net("""force_backward: true
+    input: 'x' input_shape { dim: 4 dim: 2 }
+    layer { name: 'bn' type: 'BatchNorm' bottom: 'x' top: 'z' }""")
+    x = RNG.randn(4, 2).astype(np.float32)
+    net.blobs['x'].data[...] = x
+    net.forward()
+    stats = [p.data.copy() for p in net.params['bn']]
+    np.testing.assert_allclose(stats[0], x.mean(0), rtol=1e-5)  # factor 1 after one pass
+    net.blobs['x'].data[...] = x  # written since: the walk recomputes the layer
+    g = RNG.randn(4, 2)
+    net.blobs['z'].diff[...] = g
+    net.backward()
+    for before, p in zip(stats, net.params['bn']):
+        np.testing.assert_array_equal(p.data, before)
+    xd = x.astype(np.float64)
+    std = np.sqrt(xd.var(0) + 1e-5)
+    xhat = (xd - xd.mean(0)) / std
+    want = (g - g.mean(0) - xhat * (g * xhat).mean(0)) / std
+    np.testing.assert_allclose(net.blobs['x'].diff, want, rtol=1e-4, atol=1e-5)

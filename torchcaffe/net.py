@@ -35,7 +35,6 @@ Layer implementations live in ``torchcaffe.layer_types``; Python layers in
 ``torchcaffe.mode``.
 """
 import contextlib
-import logging
 import os
 from collections import OrderedDict
 
@@ -44,7 +43,7 @@ import torch
 
 from . import blob as blob_module
 from . import backward as backward_walk
-from . import graph, io, mode, net_batches, net_weights
+from . import graph, io, mode, net_batches, net_params, net_weights
 from .memory import reraise_oom
 from .blob import Blob
 from .errors import CaffeError, NetGraphError, ShapeError
@@ -56,10 +55,6 @@ from .steps import InputStep, PythonStep, Step, oom_where
 from .upgrade import needs_upgrade, upgrade_net_param
 
 __all__ = ['Net']
-
-log = logging.getLogger(__name__)
-
-_PERMISSIVE = caffe_pb2.ParamSpec.PERMISSIVE
 
 
 # ------------------------------------------------------------------------------ the net
@@ -241,79 +236,14 @@ class Net:
             for blob, shape, ip in zip(tops, step.check_shapes(bottom_shapes), in_place):
                 if not ip:
                     blob._declare_shape(shape)
-            param_blobs = self._make_params(layer, bottom_shapes, generator)
+            param_blobs = net_params.make_params(layer, bottom_shapes, generator)
             layer.blobs = param_blobs
             weights = layer.loss_weights()
             if lp.type == 'Input':
                 self.inputs.extend(lp.top)
         self._steps.append(step)
-        self._setup_params(step, param_blobs, where)
+        net_params.append_params(self, step, param_blobs, where)
         self._setup_loss(step, weights)
-
-    @staticmethod
-    def _make_params(layer, bottom_shapes, generator):
-        shapes = [tuple(int(d) for d in s) for s in layer.param_shapes(bottom_shapes)]
-        tensors = []
-        for k, s in enumerate(shapes):
-            with reraise_oom('layer %r (%s), param %d' % (layer.layer_param.name, layer.type, k),
-                             s, device='cpu'):
-                tensors.append(torch.zeros(s, dtype=torch.float32))
-        layer.fill_params(tensors, bottom_shapes, generator)
-        blobs = []
-        for t in tensors:
-            b = Blob(t.shape)
-            b._data.tensor = t
-            blobs.append(b)
-        return blobs
-
-    def _setup_params(self, step, param_blobs, where):
-        """Caffe's AppendParam: ownership, sharing by name, lr / decay multipliers."""
-        lp = step.lp
-        if len(lp.param) > len(param_blobs):
-            raise CaffeError('%s: %d param specs but only %d learnable blobs (too many params '
-                             'specified)' % (where, len(lp.param), len(param_blobs)))
-        for j in range(len(param_blobs)):
-            blob = param_blobs[j]
-            spec = lp.param[j] if j < len(lp.param) else caffe_pb2.ParamSpec()
-            step.param_shapes.append(blob.shape)
-            step.param_down.append(spec.lr_mult != 0)
-            shared = bool(spec.name) and spec.name in self._shared
-            step.param_owned.append(not shared)
-            if shared:
-                owner, k = self._shared[spec.name]
-                self._check_shared(where, spec, j, blob, owner, k)
-                param_blobs[j] = blob = owner
-            else:
-                k = len(self.learnable_params)
-                if spec.name:
-                    self._shared[spec.name] = (blob, k)
-                self.learnable_params.append(blob)
-                self.has_params_lr.append(spec.HasField('lr_mult'))
-                self.has_params_decay.append(spec.HasField('decay_mult'))
-                self.params_lr.append(spec.lr_mult)
-                self.params_weight_decay.append(spec.decay_mult)
-            step.params.append(blob)
-
-    def _check_shared(self, where, spec, j, blob, owner, k):
-        if spec.share_mode == _PERMISSIVE:
-            if blob.count != owner.count:
-                raise CaffeError('%s: param %d shares %r but has %d values, the owner %d '
-                                 '(shapes %s and %s)' % (where, j, spec.name, blob.count,
-                                                         owner.count, blob.shape, owner.shape))
-        elif blob.shape != owner.shape:
-            raise CaffeError('%s: param %d shares %r but has shape %s, the owner %s (use '
-                             'share_mode: PERMISSIVE to compare counts only)'
-                             % (where, j, spec.name, blob.shape, owner.shape))
-        for field, has, values in (('lr_mult', self.has_params_lr, self.params_lr),
-                                   ('decay_mult', self.has_params_decay,
-                                    self.params_weight_decay)):
-            if spec.HasField(field):
-                if has[k] and values[k] != getattr(spec, field):
-                    raise CaffeError('%s: shared param %r has mismatched %s (%g, owner %g)'
-                                     % (where, spec.name, field, getattr(spec, field),
-                                        values[k]))
-                has[k] = True
-                values[k] = getattr(spec, field)
 
     def _finish_params(self):
         """Caffe's need-backward analysis (backward.analyse); then per layer: detach

@@ -311,7 +311,8 @@ def test_lstm_in_a_net_saves_and_loads_its_blobs_in_caffes_order(tmp_path):
 
 
 def test_lstm_in_a_net_learns_from_its_top_diff():
-    net = _net(LSTM_NET, caffe.TRAIN)
+    # h feeds no loss: as in Caffe, its diff reaches the params under force_backward.
+    net = _net('force_backward: true\n' + LSTM_NET, caffe.TRAIN)
     net.blobs['cont'].data[...] = [[0, 0], [1, 1], [1, 1]]
     net.blobs['x'].data[...] = 1.0
     net.blobs['xs'].data[...] = -0.5

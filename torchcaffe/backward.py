@@ -33,8 +33,8 @@ written into an output that feeds no loss reaches nothing unless ``force_backwar
 
 The fast path serves when the recorded graph covers the range: every layer in it that
 runs backward ran forward with autograd since the net was built, reshaped or given
-weights; no backward freed that graph (``retain_graph=False``); no bottom was written
-or handed out as an array since that forward (see :func:`_bottom_state`); and, from a
+weights; no backward freed that graph (``retain_graph=False``); no bottom or param was
+written or handed out as an array since that forward (see :func:`bottom_state`); and, from a
 layer other than the last, no blob below it is read above it (Caffe would read that
 blob's diff as it stands) and its tops are not changed in place above it. Otherwise
 the per-layer path runs. Both orders of summing agree except for a param shared by
@@ -133,13 +133,14 @@ def _in_place(step, k):
 # ------------------------------------------------------------------ the walk
 
 def bottom_state(step):
-    """What the forward left in ``step``'s bottoms, to tell later whether they changed:
-    per bottom the tensor, the count of writes torch does not see (a tensor bound, a
-    host copy pushed, a writable array handed out: :class:`~torchcaffe.blob.Memory`),
-    torch's version counter and which side is newest. Reading ``.data`` hands out a
-    writable array, so it counts as a possible write."""
+    """What the forward left in ``step``'s bottoms and params, to tell later whether
+    they changed: per blob the tensor, the count of writes torch does not see (a
+    tensor bound, a host copy pushed, a writable array handed out:
+    :class:`~torchcaffe.blob.Memory`), torch's version counter and which side is
+    newest. Reading ``.data`` hands out a writable array, so it counts as a possible
+    write."""
     state = []
-    for blob in step.bottoms:
+    for blob in list(step.bottoms) + list(step.params):
         m = blob._data
         t = m.tensor
         state.append((t, m.writes, None if t is None else t._version, m.head))

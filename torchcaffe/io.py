@@ -342,8 +342,14 @@ def read_caffemodel(path, upgrade=True):
     if is_hdf5_file(path):
         net = _read_caffemodel_h5(path)
     else:
-        net = _read_binary(path, caffe_pb2.NetParameter, 'caffemodel (NetParameter)',
-                           caffe_pb2.SolverState, 'solverstate (SolverState)')
+        try:
+            net = _read_binary(path, caffe_pb2.NetParameter, 'caffemodel (NetParameter)',
+                               caffe_pb2.SolverState, 'solverstate (SolverState)')
+        except FormatError as err:
+            if not _is_h5(path):
+                raise
+            raise FormatError(path, 'named as HDF5 but has no HDF5 signature, and is not a '
+                                    'binary caffemodel either: %s' % err.message) from None
     if upgrade and needs_upgrade(net):
         upgrade_net_param_in_place(net, path)
     _check_weights(net, path)

@@ -430,3 +430,33 @@ def test_a_recomputed_batch_norm_keeps_its_moving_averages():
     xhat = (xd - xd.mean(0)) / std
     want = (g - g.mean(0) - xhat * (g * xhat).mean(0)) / std
     np.testing.assert_allclose(net.blobs['x'].diff, want, rtol=1e-4, atol=1e-5)
+
+
+def test_a_recurrent_layer_recomputes_from_the_state_its_forward_started_from():
+    net = make_net("""force_backward: true
+    input: 'x' input_shape { dim: 3 dim: 2 dim: 4 }
+    input: 'cont' input_shape { dim: 3 dim: 2 }
+    layer { name: 'lstm' type: 'LSTM' bottom: 'x' bottom: 'cont' top: 'h'
+      recurrent_param { num_output: 3 weight_filler { type: 'gaussian' std: 0.5 }
+        bias_filler { type: 'constant' value: 0.1 } } }""")
+    net.blobs['cont'].data[...] = 1  # every step carries the state on, across forwards
+    net.blobs['x'].data[...] = RNG.randn(3, 2, 4)
+    net.forward()
+    net.blobs['x'].data[...] = RNG.randn(3, 2, 4)
+    g = RNG.randn(3, 2, 3).astype(np.float32)
+    fast, slow = [], []
+    for walk in ('graph', 'per layer'):
+        net.clear_param_diffs()
+        net.forward()  # starts from the state the first forward left
+        net.blobs['h'].diff[...] = g
+        if walk == 'graph':
+            net.backward()
+        else:
+            backward_walk._per_layer_walk(net, len(net._steps) - 1, 0)
+        (fast if walk == 'graph' else slow).extend(
+            [net.blobs['x'].diff.copy()] + [p.diff.copy() for p in net.params['lstm']])
+        net.layer_dict['lstm']._state = net.layer_dict['lstm']._state_before
+    assert len(fast) == len(slow) == 1 + len(net.params["lstm"])
+    for a, b in zip(fast, slow):
+        np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-6)
+    assert np.abs(fast[0]).sum() > 0

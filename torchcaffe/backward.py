@@ -29,7 +29,8 @@ written into an output that feeds no loss reaches nothing unless ``force_backwar
   layer alone: bottom diffs are overwritten and param diffs added to, as Caffe's
   ``Layer::Backward`` does. A Python layer's own ``backward(top, propagate_down,
   bottom)`` is called, as Caffe calls it. Dropout draws the mask of its last forward
-  again; a BatchNorm's moving averages are not updated twice.
+  again, a recurrent layer starts from the state its last forward started from, and a
+  BatchNorm's moving averages are not updated twice.
 
 The fast path serves when the recorded graph covers the range: every layer in it that
 runs backward ran forward with autograd since the net was built, reshaped or given
@@ -315,7 +316,7 @@ def _layer_backward(step):
     shapes = [t.shape for t in bottoms]
     if shapes != step.shapes:
         step.check_shapes(shapes)
-    with _forward_randomness(step):
+    with _forward_randomness(step), step.layer.recompute():
         tops = step.layer.forward(bottoms, params)
     if len(tops) != len(step.tops):
         raise CaffeError('layer %r (%s): forward gave %d tops, the net has %d'

@@ -6,6 +6,8 @@ forward computation in torch ops; gradients come from autograd, with custom
 ``torch.autograd.Function`` s where Caffe's backward is not the autograd of the
 obvious expression.
 """
+import contextlib
+
 from ..errors import CaffeError, NetGraphError, ShapeError, UnknownLayerError
 from .. import fillers
 
@@ -131,6 +133,13 @@ class Layer:
             blob.reshape(*shape)
 
     # ---- helpers for the Net --------------------------------------------------
+
+    def recompute(self):
+        """A context in which :meth:`forward` recomputes the last forward, for a backward
+        that recomputes the layer from its bottoms: a layer that carries state from one
+        forward to the next puts back the state that forward started from. Nothing to
+        do by default."""
+        return contextlib.nullcontext()
 
     def allow_force_backward(self, bottom_index):
         """Whether ``force_backward`` may send a diff to bottom ``bottom_index``

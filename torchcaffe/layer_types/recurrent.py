@@ -25,6 +25,8 @@ Differences: ``debug_info`` is accepted and ignored (there is no unrolled net to
 log), and the number of time steps may change between forwards, where Caffe's
 Reshape fails.
 """
+import contextlib
+
 import torch
 
 from .base import Layer, register, count
@@ -128,11 +130,21 @@ class _Recurrent(Layer):
         self.bottom_counts = (2 + exposed, 3 + exposed)
         self.top_counts = (1 + exposed, 1 + exposed)
         self._state = None
+        self._state_before = None  # what the last forward started from
         self._static = None
 
     def reset(self):
         """Zero the carried hidden state (Caffe's RecurrentLayer::Reset)."""
         self._state = None
+
+    @contextlib.contextmanager
+    def recompute(self):
+        after = self._state
+        self._state = self._state_before
+        try:
+            yield
+        finally:
+            self._state = after
 
     def _has_static(self, num_bottoms):
         return num_bottoms > 2 + (self.num_states if self.expose else 0)
@@ -197,6 +209,7 @@ class _Recurrent(Layer):
         if static:
             static_term = _linear(bottoms[2].reshape(n, -1), params[2])
         cont = cont.detach().to(x.dtype)
+        self._state_before = self._state
         states = self._initial(bottoms, static, n, inputs)
         outputs, states = self._unroll(inputs, static_term, cont, states,
                                        params[2 + static:])

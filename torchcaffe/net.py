@@ -246,23 +246,32 @@ class Net:
         self._setup_loss(step, weights)
 
     def _finish_params(self):
-        """Caffe's need-backward analysis (backward.analyse); then per layer: detach
-        the bottoms that get no diff and the params it does not train, view
+        """Caffe's need-backward analysis (backward.analyse); then per layer: which
+        bottoms and params to detach, as the prototxt allows (propagate_down, lr_mult,
+        force_backward) and as this net's backward needs (its losses), and views of
         permissive shares."""
         backward_walk.analyse(self._steps, self.force_backward)
         for step in self._steps:
+            lp = step.lp
+            if any(not p for p in lp.propagate_down):
+                step.stop_grad = [not p for p in lp.propagate_down]
             if not all(step.bottom_need):
-                step.stop_grad = [not need for need in step.bottom_need]
-            for blob, train in zip(step.params, step.param_train):
-                if train:
+                step.walk_stop = [not need for need in step.bottom_need]
+            step.param_trainable = [d or self.force_backward for d in step.param_down]
+            for blob, trainable in zip(step.params, step.param_trainable):
+                if trainable:
                     blob._requires_grad = True
         for step in self._steps:
-            special = []
-            for blob, train, shape in zip(step.params, step.param_train, step.param_shapes):
-                detach = blob._requires_grad and not train
-                special.append((detach, shape if shape != blob.shape else None))
+            special, walk = [], []
+            for blob, trainable, train, shape in zip(step.params, step.param_trainable,
+                                                     step.param_train, step.param_shapes):
+                view = shape if shape != blob.shape else None
+                special.append((blob._requires_grad and not trainable, view))
+                walk.append((blob._requires_grad and not train, view))
             if any(d or v is not None for d, v in special):
                 step.param_special = special
+            if any(d or v is not None for d, v in walk):
+                step.walk_special = walk
 
     def _setup_loss(self, step, weights):
         lp = step.lp

@@ -27,7 +27,12 @@ class Step:
         self.bottoms = bottoms
         self.tops = tops
         self.in_place = in_place
-        self.stop_grad = None      # per bottom: gets no diff (detached), when any does not
+        # What the prototxt alone allows, independent of the net's losses (to_module
+        # reads these): propagate_down false per bottom, or None; per param, lr_mult != 0
+        # or force_backward; (detach, view shape) per param when any is needed.
+        self.stop_grad = None
+        self.param_trainable = []
+        self.param_special = None
         self.params = []           # Blob per learnable blob (shared ones are the owner's)
         self.param_shapes = []     # this layer's own shape of each
         self.param_down = []       # lr_mult != 0 of each (Caffe's param_need_backward)
@@ -36,8 +41,11 @@ class Step:
         self.need_backward = False
         self.bottom_need = []
         self.param_train = []
+        # What this net's backward walk detaches, from the above: per bottom, or None;
+        # (detach, view shape) per param, or None.
+        self.walk_stop = None
+        self.walk_special = None
         self.param_owned = []      # False where the blob is shared from an earlier layer
-        self.param_special = None  # (detach, view shape) per param when any is needed
         self.produced = []         # (top index, Blob): tops made here whose diff is captured
         self.kept_diffs = ()       # top indices of net outputs: forward keeps their diffs
         self.loss_weights = {}     # top index -> nonzero loss weight
@@ -52,15 +60,15 @@ class Step:
 
     def bottom_tensors(self):
         tensors = [b.data_tensor() for b in self.bottoms]
-        if self.stop_grad is not None:
-            tensors = [t.detach() if stop else t for t, stop in zip(tensors, self.stop_grad)]
+        if self.walk_stop is not None:
+            tensors = [t.detach() if stop else t for t, stop in zip(tensors, self.walk_stop)]
         return tensors
 
     def param_tensors(self):
-        if self.param_special is None:
+        if self.walk_special is None:
             return [p._param_tensor() for p in self.params]
         tensors = []
-        for p, (detach, view) in zip(self.params, self.param_special):
+        for p, (detach, view) in zip(self.params, self.walk_special):
             t = p._param_tensor()
             if detach:
                 t = t.detach()

@@ -243,12 +243,31 @@ def test_time_reports_every_layer_forward_and_backward_and_the_averages(workdir,
     assert status == 0 and any(re.match(r'\s*acc\tforward: ', m) for m in log)
 
 
+class TickingClock:
+    """A clock that moves on by one second each time it is read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return float(self.reads)
+
+
 def test_time_of_a_layer_without_gradient_is_zero_backward():
-    times = caffe_cli.time_net(_input_net(), 2)
+    clock = TickingClock()
+    times = caffe_cli.time_net(_input_net(), 2, clock=clock)
     assert times.names == ['data', 'ip', 'relu', 'loss'] and times.iterations == 2
-    assert times.backward[0] == 0.0
-    assert all(t > 0 for t in times.forward) and all(t > 0 for t in times.backward[1:])
-    assert times.total >= times.forward_total + times.backward_total
+    # Each span lasts 1 + the reads inside it. A layer's forward or backward has none
+    # inside: 1 s per iteration. An iteration reads the clock at its start, around each
+    # of the 4 forwards, at the middle, around each of the 3 backwards (the Input layer
+    # has nothing to differentiate), and at its end: 2 + 8 + 1 + 6 = 17 reads, a
+    # forward part of 1 + 8 s and a backward part of 1 + 6 s.
+    assert times.forward == [2.0, 2.0, 2.0, 2.0]
+    assert times.backward == [0.0, 2.0, 2.0, 2.0]
+    assert times.forward_total == 2 * 9.0 and times.backward_total == 2 * 7.0
+    assert times.total == 2 * 16.0 and times.per_iteration == [16.0, 16.0]
+    assert clock.reads == 2 * 17
 
 
 def _input_net():

@@ -31,9 +31,12 @@ def batch(index, n=8):
     return data, label
 
 
+START = 0  # the first batch's index; a resumed run sets it to go on where it stopped
+
+
 class Clusters(caffe.Layer):
     def setup(self, bottom, top):
-        self.index = 0
+        self.index = START
 
     def reshape(self, bottom, top):
         top[0].reshape(8, 2)
@@ -175,17 +178,49 @@ def test_train_solves_to_max_iter_snapshots_and_logs_as_caffe(workdir, caplog):
     assert float(tests[-1].split('= ')[1]) > 0.9  # the clusters are easy
 
 
-def test_train_resumes_from_a_snapshot_and_finetunes_from_weights(workdir, caplog):
+def saved_params(path):
+    """layer name -> its blobs as arrays, from a .caffemodel."""
+    return {layer.name: [io.blobproto_to_array(b) for b in layer.blobs]
+            for layer in io.read_caffemodel(path).layer if layer.blobs}
+
+
+def test_train_resumes_from_a_snapshot_and_finetunes_from_weights(workdir, caplog,
+                                                                  monkeypatch):
     assert run(['train', '--solver=solver.prototxt'], caplog)[0] == 0
+    straight = saved_params('snap/clusters_iter_20.caffemodel')
+    assert list(straight) == ['ip'] and len(straight['ip']) == 2
+    # The data layer counts its batches from setup: the resumed run starts at batch 10,
+    # where the uninterrupted run was at iteration 10.
+    layers = sys.modules[next(workdir.glob('cli_layers_*.py')).stem]
+    monkeypatch.setattr(layers, 'START', 10)
     status, log = run(['train', '--solver=solver.prototxt',
                        '--snapshot=snap/clusters_iter_10.solverstate'], caplog)
     assert status == 0 and 'Resuming from snap/clusters_iter_10.solverstate' in log
     iterations = [int(m.split()[1]) for m in log if re.match(r'Iteration \d+ \(', m)]
     assert iterations == [10, 15]  # from the snapshot's iteration, with its lr step
     assert 'Iteration 10, lr = 0.05' in log
+    resumed = saved_params('snap/clusters_iter_20.caffemodel')
+    assert resumed.keys() == straight.keys()
+    for a, b in zip(resumed['ip'], straight['ip'], strict=True):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    # --weights: every net starts from the file's values.
+    started = []
+    solve = caffe.SGDSolver.solve
+
+    def recording_solve(solver, *args, **kwargs):
+        for net in [solver.net] + list(solver.test_nets):
+            started.append([p.data.copy() for p in net.params['ip']])
+        return solve(solver, *args, **kwargs)
+    monkeypatch.setattr(caffe.SGDSolver, 'solve', recording_solve)
     status, log = run(['train', '--solver=solver.prototxt',
                        '--weights=snap/clusters_iter_20.caffemodel'], caplog)
     assert status == 0 and 'Finetuning from snap/clusters_iter_20.caffemodel' in log
+    assert len(started) == 2  # the train net and the one test net
+    for blobs in started:
+        for a, b in zip(blobs, straight['ip'], strict=True):
+            assert np.array_equal(a, b)
+    assert not np.array_equal(straight['ip'][0], caffe.Net('net.prototxt', caffe.TRAIN)
+                              .params['ip'][0].data)  # not what the fillers give anyway
 
 
 def test_train_with_plot_leaves_log_and_curve_beside_the_snapshots(workdir, caplog):

@@ -266,8 +266,25 @@ def test_adadelta_applies_the_rate_after_updating_its_step_history():
     histories = []
     for lr in (0.5, 2.0):
         solver = make_solver('AdaDelta', 'base_lr: %g' % lr)
+        before, record = weights(solver), Recorder(solver)
         step(solver)
+        assert len(record.diffs) == 1 and len(record.diffs[0]) == 4
+        assert len(solver.history) == 2 * 4  # squared gradients, then squared steps
+        m, delta = f(solver.param.momentum), f(solver.param.delta)
+        for i, g in enumerate(record.diffs[0]):
+            u = g * np.sqrt(delta / (g * g * (f(1) - m) + delta))
+            what = 'param %d' % i
+            np.testing.assert_allclose(solver.history[i], (f(1) - m) * g * g, rtol=1e-6,
+                                       err_msg=what)
+            np.testing.assert_allclose(solver.history[4 + i], (f(1) - m) * u * u, rtol=1e-5,
+                                       err_msg=what)
+            np.testing.assert_allclose(before[i] - weights(solver)[i],
+                                       f(lr) * f(LR_MULTS[i]) * u, rtol=1e-5, atol=1e-7,
+                                       err_msg=what)
+        # ip2's bias (lr_mult 0) gets no gradient; the other three moved
+        assert all(np.abs(h).max() > 0 for h in solver.history[4:7])
         histories.append(solver.history[4:])
+    assert len(histories[0]) == len(histories[1]) == 4
     for a, b in zip(*histories):
         assert np.array_equal(a, b)
 

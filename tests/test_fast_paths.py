@@ -242,9 +242,11 @@ def test_the_solver_does_not_force_a_check_for_a_frozen_weight(monkeypatch, tmp_
     solver = caffe.SGDSolver(solver_param)
     solver.net.params['up'][0].data[...] = diagonal_weight()
     solver.net.blobs['x'].data[...] = X
+    trained, frozen = (solver.net.params[name][0].data.copy() for name in ('pre', 'up'))
     solver.step(3)
     assert len(calls) == 1
-    assert solver.net.params['pre'][0].data_tensor()._version > 0  # the trained one moved
+    assert not np.array_equal(solver.net.params['pre'][0].data, trained)  # it moved
+    assert np.array_equal(solver.net.params['up'][0].data, frozen)
 
 
 def test_mirrored_weights_are_checked_again_after_a_host_write(monkeypatch):

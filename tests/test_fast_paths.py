@@ -309,7 +309,7 @@ def test_fcn8s_fast_and_plain_paths_agree_on_every_blob_and_param():
         dscale = max(1e-3, float(np.abs(b.diff).max()))
         np.testing.assert_allclose(a.diff, b.diff, rtol=1e-4, atol=1e-4 * dscale, err_msg=name)
     for name in fast.params:
-        for a, b in zip(fast.params[name], plain.params[name]):
+        for a, b in zip(fast.params[name], plain.params[name], strict=True):
             dscale = max(1e-3, float(np.abs(b.diff).max()))
             np.testing.assert_allclose(a.diff, b.diff, rtol=1e-4, atol=1e-4 * dscale,
                                        err_msg=name)

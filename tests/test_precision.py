@@ -177,7 +177,8 @@ def test_tf32_on_the_cpu_is_bit_identical_to_fp32():
     for name in blobs:
         assert np.array_equal(blobs[name], blobs2[name]), name
     for name in grads:
-        assert all(np.array_equal(a, b) for a, b in zip(grads[name], grads2[name])), name
+        assert all(np.array_equal(a, b)
+                   for a, b in zip(grads[name], grads2[name], strict=True)), name
 
 
 # ------------------------------------------------------------------------ bf16
@@ -266,7 +267,8 @@ def test_bf16_training_follows_fp32_training():
     caffe.set_precision('bf16')
     s = solver()
     s.step(5)
-    for i, (a, b) in enumerate(zip(s.net.learnable_params, fp32.net.learnable_params)):
+    pairs = zip(s.net.learnable_params, fp32.net.learnable_params, strict=True)
+    for i, (a, b) in enumerate(pairs):
         assert_bf16_close(a.data, b.data, 'param %d after 5 steps' % i)
 
 
@@ -282,7 +284,7 @@ def test_cuda_precisions_are_close_to_fp32_and_read_as_float32(name):
         assert blobs2[name].dtype == np.float32
         assert_bf16_close(blobs2[name], blobs[name], name)
     for name in grads:
-        for a, b in zip(grads2[name], grads[name]):
+        for a, b in zip(grads2[name], grads[name], strict=True):
             assert_bf16_close(a, b, name + ' grad', tol=0.08)
 
 

@@ -291,8 +291,8 @@ def test_mutated_prototxt_files_read_or_raise_format_error(seeds, workdir):
     files, _ = seeds
     rejects(FormatError, io.read_net_prototxt,
             write(workdir, 'net.prototxt', files['v1.prototxt'].replace(b'{', b'}', 1)))
-    rejects(FormatError, io.read_solver_prototxt,
-            write(workdir, 'solver.prototxt', files['solver.prototxt'].replace(b'1e-10', b'1e-1O')),
+    solver = files['solver.prototxt'].replace(b'1e-10', b'1e-1O')  # letter O, not zero
+    rejects(FormatError, io.read_solver_prototxt, write(workdir, 'solver.prototxt', solver),
             match='solver.prototxt')
 
     @fuzz_settings(80)

@@ -205,7 +205,8 @@ def lrn_by_hand(x, size=5, alpha=1e-4, beta=0.75, k=1.0):
 def grouped_conv(x, w, b, stride, pad, group):
     """A grouped convolution as Caffe defines it: each group sees its share of channels."""
     xs, ws, bs = x.chunk(group, 1), w.chunk(group, 0), b.chunk(group, 0)
-    return torch.cat([F.conv2d(xi, wi, bi, stride, pad) for xi, wi, bi in zip(xs, ws, bs)], 1)
+    return torch.cat([F.conv2d(xi, wi, bi, stride, pad)
+                      for xi, wi, bi in zip(xs, ws, bs, strict=True)], 1)
 
 
 def max_pool(x):

@@ -31,9 +31,12 @@ def batch(index, n=8):
     return data, label
 
 
+START = 0  # the first batch's index; a resumed run sets it to go on where it stopped
+
+
 class Clusters(caffe.Layer):
     def setup(self, bottom, top):
-        self.index = 0
+        self.index = START
 
     def reshape(self, bottom, top):
         top[0].reshape(8, 2)
@@ -175,17 +178,49 @@ def test_train_solves_to_max_iter_snapshots_and_logs_as_caffe(workdir, caplog):
     assert float(tests[-1].split('= ')[1]) > 0.9  # the clusters are easy
 
 
-def test_train_resumes_from_a_snapshot_and_finetunes_from_weights(workdir, caplog):
+def saved_params(path):
+    """layer name -> its blobs as arrays, from a .caffemodel."""
+    return {layer.name: [io.blobproto_to_array(b) for b in layer.blobs]
+            for layer in io.read_caffemodel(path).layer if layer.blobs}
+
+
+def test_train_resumes_from_a_snapshot_and_finetunes_from_weights(workdir, caplog,
+                                                                  monkeypatch):
     assert run(['train', '--solver=solver.prototxt'], caplog)[0] == 0
+    straight = saved_params('snap/clusters_iter_20.caffemodel')
+    assert list(straight) == ['ip'] and len(straight['ip']) == 2
+    # The data layer counts its batches from setup: the resumed run starts at batch 10,
+    # where the uninterrupted run was at iteration 10.
+    layers = sys.modules[next(workdir.glob('cli_layers_*.py')).stem]
+    monkeypatch.setattr(layers, 'START', 10)
     status, log = run(['train', '--solver=solver.prototxt',
                        '--snapshot=snap/clusters_iter_10.solverstate'], caplog)
     assert status == 0 and 'Resuming from snap/clusters_iter_10.solverstate' in log
     iterations = [int(m.split()[1]) for m in log if re.match(r'Iteration \d+ \(', m)]
     assert iterations == [10, 15]  # from the snapshot's iteration, with its lr step
     assert 'Iteration 10, lr = 0.05' in log
+    resumed = saved_params('snap/clusters_iter_20.caffemodel')
+    assert resumed.keys() == straight.keys()
+    for a, b in zip(resumed['ip'], straight['ip'], strict=True):
+        assert a.dtype == b.dtype == np.float32 and np.array_equal(a, b)
+    # --weights: every net starts from the file's values.
+    started = []
+    solve = caffe.SGDSolver.solve
+
+    def recording_solve(solver, *args, **kwargs):
+        for net in [solver.net] + list(solver.test_nets):
+            started.append([p.data.copy() for p in net.params['ip']])
+        return solve(solver, *args, **kwargs)
+    monkeypatch.setattr(caffe.SGDSolver, 'solve', recording_solve)
     status, log = run(['train', '--solver=solver.prototxt',
                        '--weights=snap/clusters_iter_20.caffemodel'], caplog)
     assert status == 0 and 'Finetuning from snap/clusters_iter_20.caffemodel' in log
+    assert len(started) == 2  # the train net and the one test net
+    for blobs in started:
+        for a, b in zip(blobs, straight['ip'], strict=True):
+            assert np.array_equal(a, b)
+    assert not np.array_equal(straight['ip'][0], caffe.Net('net.prototxt', caffe.TRAIN)
+                              .params['ip'][0].data)  # not what the fillers give anyway
 
 
 def test_train_with_plot_leaves_log_and_curve_beside_the_snapshots(workdir, caplog):
@@ -243,12 +278,31 @@ def test_time_reports_every_layer_forward_and_backward_and_the_averages(workdir,
     assert status == 0 and any(re.match(r'\s*acc\tforward: ', m) for m in log)
 
 
+class TickingClock:
+    """A clock that moves on by one second each time it is read."""
+
+    def __init__(self):
+        self.reads = 0
+
+    def __call__(self):
+        self.reads += 1
+        return float(self.reads)
+
+
 def test_time_of_a_layer_without_gradient_is_zero_backward():
-    times = caffe_cli.time_net(_input_net(), 2)
+    clock = TickingClock()
+    times = caffe_cli.time_net(_input_net(), 2, clock=clock)
     assert times.names == ['data', 'ip', 'relu', 'loss'] and times.iterations == 2
-    assert times.backward[0] == 0.0
-    assert all(t > 0 for t in times.forward) and all(t > 0 for t in times.backward[1:])
-    assert times.total >= times.forward_total + times.backward_total
+    # Each span lasts 1 + the reads inside it. A layer's forward or backward has none
+    # inside: 1 s per iteration. An iteration reads the clock at its start, around each
+    # of the 4 forwards, at the middle, around each of the 3 backwards (the Input layer
+    # has nothing to differentiate), and at its end: 2 + 8 + 1 + 6 = 17 reads, a
+    # forward part of 1 + 8 s and a backward part of 1 + 6 s.
+    assert times.forward == [2.0, 2.0, 2.0, 2.0]
+    assert times.backward == [0.0, 2.0, 2.0, 2.0]
+    assert times.forward_total == 2 * 9.0 and times.backward_total == 2 * 7.0
+    assert times.total == 2 * 16.0 and times.per_iteration == [16.0, 16.0]
+    assert clock.reads == 2 * 17
 
 
 def _input_net():

@@ -270,7 +270,7 @@ def assert_resume_is_exact(solver_file, before, after):
 
     assert first_losses + resumed_losses == straight_losses
     for name, blobs in straight.net.params.items():
-        for a, b in zip(blobs, resumed.net.params[name]):
+        for a, b in zip(blobs, resumed.net.params[name], strict=True):
             np.testing.assert_array_equal(a.data, b.data, err_msg=name)
     assert len(straight.history) == len(resumed.history)
     for a, b in zip(straight.history, resumed.history):

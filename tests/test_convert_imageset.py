@@ -73,7 +73,7 @@ def test_leveldb_gray_records_hold_one_channel(images, tmp_path):
     assert convert_imageset.main(['--backend=leveldb', '-gray', root, list_file, out]) == 0
     records = leveldb_records(out)
     assert len(records) == 5
-    for (_, datum), rgb in zip(records, imgs):
+    for (_, datum), rgb in zip(records, imgs, strict=True):
         assert (datum.channels, datum.height, datum.width) == (1, 6, 8)
         assert datum.data == rgb_to_gray(rgb).tobytes()  # OpenCV's PNG grey, exactly
 

@@ -84,7 +84,7 @@ def test_train_randomness_is_reproducible_with_set_random_seed():
     again = draws()
     caffe.set_random_seed(4)
     other = draws()
-    assert all(np.array_equal(a, b) for a, b in zip(first, again))
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
     assert not all(np.array_equal(a, b) for a, b in zip(first, other))
 
 

@@ -231,7 +231,7 @@ def test_rank_0_weights_reach_every_rank_before_training(two_ranks, one_process)
     initial = state(one_process)[:4]
     rank0 = load(two_ranks / 'rank0' / 'before.npz')[:4]
     rank1 = load(two_ranks / 'rank1' / 'before.npz')[:4]
-    assert all(np.array_equal(a, b) for a, b in zip(rank0, initial))
+    assert all(np.array_equal(a, b) for a, b in zip(rank0, initial, strict=True))
     assert not np.array_equal(rank1[0], initial[0])
 
 
@@ -246,7 +246,7 @@ def test_every_rank_resumes_exactly_from_rank_0s_snapshot_and_its_own_streams(tw
     for r in (0, 1):
         home = two_ranks / ('rank%d' % r)
         stopped, resumed = load(home / 'stopped.npz'), load(home / 'resumed.npz')
-        assert all(np.array_equal(a, b) for a, b in zip(stopped, resumed))
+        assert all(np.array_equal(a, b) for a, b in zip(stopped, resumed, strict=True))
 
 
 def test_only_rank_0_writes_snapshots_other_ranks_their_random_streams(two_ranks):

@@ -244,9 +244,11 @@ def test_the_solver_does_not_force_a_check_for_a_frozen_weight(monkeypatch, tmp_
     solver = caffe.SGDSolver(solver_param)
     solver.net.params['up'][0].data[...] = diagonal_weight()
     solver.net.blobs['x'].data[...] = X
+    trained, frozen = (solver.net.params[name][0].data.copy() for name in ('pre', 'up'))
     solver.step(3)
     assert len(calls) == 1
-    assert solver.net.params['pre'][0].data_tensor()._version > 0  # the trained one moved
+    assert not np.array_equal(solver.net.params['pre'][0].data, trained)  # it moved
+    assert np.array_equal(solver.net.params['up'][0].data, frozen)
 
 
 def test_mirrored_weights_are_checked_again_after_a_host_write(monkeypatch):
@@ -309,7 +311,7 @@ def test_fcn8s_fast_and_plain_paths_agree_on_every_blob_and_param():
         dscale = max(1e-3, float(np.abs(b.diff).max()))
         np.testing.assert_allclose(a.diff, b.diff, rtol=1e-4, atol=1e-4 * dscale, err_msg=name)
     for name in fast.params:
-        for a, b in zip(fast.params[name], plain.params[name]):
+        for a, b in zip(fast.params[name], plain.params[name], strict=True):
             dscale = max(1e-3, float(np.abs(b.diff).max()))
             np.testing.assert_allclose(a.diff, b.diff, rtol=1e-4, atol=1e-4 * dscale,
                                        err_msg=name)

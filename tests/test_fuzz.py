@@ -22,6 +22,7 @@ Longer runs: ``TORCHCAFFE_FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py`` (exampl
 target), or the coverage-guided atheris harness in ``tests/fuzz/``.
 """
 import faulthandler
+import importlib.util
 import io as bytes_io
 import os
 import re
@@ -108,6 +109,13 @@ def only(allowed, read, *args):
         read(*args)
     except allowed:
         pass
+
+
+def rejects(error, read, *args, match=None):
+    """``read(*args)`` must raise ``error``: a corrupted input is refused, not read as
+    garbage. Each fuzz target checks at least one such input of its own."""
+    with pytest.raises(error, match=match):
+        read(*args)
 
 
 # ---------------------------------------------------------------- seed files
@@ -262,6 +270,13 @@ def test_every_seed_reads_cleanly(seeds, workdir):
 
 def test_mutated_prototxt_text_parses_or_raises_format_error(seeds):
     files, _ = seeds
+    text = files['net.prototxt'].decode()
+    rejects(FormatError, io.parse_prototxt, text[:text.rindex('}')], caffe_pb2.NetParameter,
+            match='Expected "}"')  # the last layer left open
+    rejects(FormatError, io.parse_prototxt, text.replace('kernel_size: 3', 'kernel_sise: 3'),
+            caffe_pb2.NetParameter, match='kernel_sise')
+    rejects(FormatError, io.parse_prototxt, text.replace('num_output: 4', 'num_output: 4.5'),
+            caffe_pb2.NetParameter)
 
     @fuzz_settings(150)
     @given(st.one_of(broken(files['net.prototxt']), broken(files['v1.prototxt'])))
@@ -274,6 +289,11 @@ def test_mutated_prototxt_text_parses_or_raises_format_error(seeds):
 
 def test_mutated_prototxt_files_read_or_raise_format_error(seeds, workdir):
     files, _ = seeds
+    rejects(FormatError, io.read_net_prototxt,
+            write(workdir, 'net.prototxt', files['v1.prototxt'].replace(b'{', b'}', 1)))
+    solver = files['solver.prototxt'].replace(b'1e-10', b'1e-1O')  # letter O, not zero
+    rejects(FormatError, io.read_solver_prototxt, write(workdir, 'solver.prototxt', solver),
+            match='solver.prototxt')
 
     @fuzz_settings(80)
     @given(st.one_of(broken(files['net.prototxt']), broken(files['v1.prototxt'])),
@@ -286,6 +306,14 @@ def test_mutated_prototxt_files_read_or_raise_format_error(seeds, workdir):
 
 def test_mutated_caffemodels_read_or_raise_format_error(seeds, workdir):
     files, _ = seeds
+    data = files['caffemodel']
+    rejects(FormatError, io.read_caffemodel, write(workdir, 'w.caffemodel', data[:len(data) // 2]))
+    short = caffe_pb2.NetParameter.FromString(data)
+    blob = next(layer for layer in short.layer if layer.name == 'conv').blobs[0]
+    del blob.data[-1]  # a valid message whose blob lacks one of its 108 values
+    rejects(FormatError, io.read_caffemodel,
+            write(workdir, 'w.caffemodel', short.SerializeToString()),
+            match="layer 'conv' blob 0: 107 data values")
 
     @fuzz_settings(120)
     @given(st.one_of(broken(files['caffemodel']), broken(files['v1.caffemodel'])))
@@ -296,6 +324,13 @@ def test_mutated_caffemodels_read_or_raise_format_error(seeds, workdir):
 
 def test_mutated_solverstates_read_or_raise_format_error(seeds, workdir):
     files, _ = seeds
+    data = files['solverstate']
+    rejects(FormatError, io.read_solverstate,
+            write(workdir, 'w.solverstate', data[:len(data) // 2]))
+    short = caffe_pb2.SolverState.FromString(data)
+    del short.history[1].data[:]  # history blob 1 keeps its shape, loses its values
+    rejects(FormatError, io.read_solverstate,
+            write(workdir, 'w.solverstate', short.SerializeToString()), match='history')
 
     @fuzz_settings(80)
     @given(broken(files['solverstate']))
@@ -306,6 +341,11 @@ def test_mutated_solverstates_read_or_raise_format_error(seeds, workdir):
 
 def test_mutated_hdf5_files_read_or_raise_format_error(seeds, workdir):
     files, _ = seeds
+    for name, read in (('caffemodel.h5', io.read_caffemodel),
+                       ('solverstate.h5', io.read_solverstate)):
+        data = files[name]
+        rejects(FormatError, read, write(workdir, 'w.' + name, data[:len(data) // 2]))
+        rejects(FormatError, read, write(workdir, 'w.' + name, b'\x00' + data[1:]))
 
     @fuzz_settings(60)
     @given(broken(files['caffemodel.h5']), broken(files['solverstate.h5']))
@@ -352,6 +392,15 @@ def build_h5(group, tree):
 
 
 def test_odd_hdf5_structures_read_or_raise_format_error(workdir):
+    path = str(workdir / 'odd.caffemodel.h5')
+    with h5py.File(path, 'w') as f:  # text where a layer's blob should be
+        build_h5(f, {'data': {'conv': {'0': ('dataset', H5_DTYPES.index('S3'), (2,))}}})
+    rejects(FormatError, io.read_caffemodel, path, match='conv')
+    path = str(workdir / 'odd.solverstate.h5')
+    with h5py.File(path, 'w') as f:  # no iter
+        build_h5(f, {'current_step': ('dataset', 2, (1,)), 'history': {}})
+    rejects(FormatError, io.read_solverstate, path, match='iter')
+
     @fuzz_settings(60)
     @given(st.dictionaries(h5_names, h5_tree, max_size=5))
     def check(tree):
@@ -373,6 +422,10 @@ def small_numbers(text):
 
 def test_nets_from_mutated_prototxts_build_or_raise_caffe_error(seeds):
     files, _ = seeds
+    text = files['net.prototxt'].decode().replace('bottom: "pool" top: "score"',
+                                                  'bottom: "poo1" top: "score"')
+    rejects(CaffeError, caffe.Net, io.parse_prototxt(text, caffe_pb2.NetParameter), caffe.TEST,
+            match='poo1')
 
     @fuzz_settings(100)
     @given(st.one_of(mutated(files['net.prototxt']), mutated(files['v1.prototxt'])),
@@ -390,6 +443,11 @@ def test_nets_from_mutated_prototxts_build_or_raise_caffe_error(seeds):
 
 def test_mutated_caffemodels_copy_into_a_net_or_raise_caffe_error(seeds, workdir):
     files, net = seeds
+    wrong = caffe_pb2.NetParameter.FromString(files['caffemodel'])
+    blob = next(layer for layer in wrong.layer if layer.name == 'score').blobs[0]
+    blob.shape.dim[:] = [4, 3, 1, 1]  # 12 values as before, the other way round
+    rejects(CaffeError, net.copy_from, write(workdir, 'c.caffemodel', wrong.SerializeToString()),
+            match='score')
 
     @fuzz_settings(60)
     @given(st.one_of(broken(files['caffemodel']).map(lambda data: ('c.caffemodel', data)),
@@ -403,6 +461,12 @@ def test_mutated_caffemodels_copy_into_a_net_or_raise_caffe_error(seeds, workdir
 
 def test_mutated_images_load_or_raise_data_layer_error(seeds, workdir):
     files, _ = seeds
+    jpg, png = files['jpg'], bytearray(files['png'])
+    rejects(DataLayerError, voc_layers.read_rgb, write(workdir, 'i.jpg', jpg[:len(jpg) // 2]))
+    idat = png.index(b'IDAT')
+    png[idat + 8] ^= 0xFF  # a byte of the pixel data: its chunk's CRC no longer matches
+    for read in (voc_layers.read_rgb, voc_layers.read_voc_label):
+        rejects(DataLayerError, read, write(workdir, 'l.png', bytes(png)))
 
     @fuzz_settings(100)
     @given(broken(files['jpg']), broken(files['png']))
@@ -415,6 +479,11 @@ def test_mutated_images_load_or_raise_data_layer_error(seeds, workdir):
 
 def test_mutated_mat_labels_load_or_raise_data_layer_error(seeds, workdir):
     files, _ = seeds
+    for name, read in (('sbd.mat', voc_layers.read_sbd_label),
+                       ('siftflow.mat', lambda path: seg_layers.read_mat_field(path, 'S')),
+                       ('context.mat', pascalcontext_layers.read_label_map)):
+        data = files[name]
+        rejects(DataLayerError, read, write(workdir, name, data[:len(data) - 40]))
 
     @fuzz_settings(80)
     @given(broken(files['sbd.mat']), broken(files['siftflow.mat']), broken(files['context.mat']))
@@ -424,6 +493,36 @@ def test_mutated_mat_labels_load_or_raise_data_layer_error(seeds, workdir):
         only(DataLayerError, pascalcontext_layers.read_label_map,
              write(workdir, 'context.mat', context))
     check()
+
+
+# ---------------------------------------------------------------- the atheris harness
+
+def test_each_atheris_target_reads_its_seed_and_refuses_a_corrupted_one(tmp_path, capsys,
+                                                                       monkeypatch):
+    """tests/fuzz/fuzz_readers.py: every target's seed passes its reader, and the seed
+    cut in half (text formats: with a stray closing brace) is refused with the
+    target's documented error. The mat target's reader tries three loaders and
+    swallows their errors, so each of those must refuse the cut file itself."""
+    spec = importlib.util.spec_from_file_location(
+        'fuzz_readers', os.path.join(ROOT, 'tests', 'fuzz', 'fuzz_readers.py'))
+    harness = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(harness)
+    monkeypatch.setattr(sys, 'path', list(sys.path))  # _targets() puts ROOT in front
+    harness._targets()
+    harness.make_corpus(str(tmp_path / 'corpus'))
+    assert len(harness.TARGETS) == 9
+    for target, (suffix, read, allowed) in harness.TARGETS.items():
+        seed = (tmp_path / 'corpus' / target / 'seed').read_bytes()
+        read(write(tmp_path, 'seed' + suffix, seed))
+        corrupted = seed + b'}' if target in ('prototxt', 'solver') else seed[:len(seed) // 2]
+        path = write(tmp_path, 'bad' + suffix, corrupted)
+        if target == 'mat':
+            for load in (voc_layers.read_sbd_label, pascalcontext_layers.read_label_map,
+                         lambda p: seg_layers.read_mat_field(p, 'S')):
+                rejects(DataLayerError, load, path)
+        else:
+            rejects(allowed, read, path)
+    capsys.readouterr()
 
 
 # ---------------------------------------------------------------- declared sizes

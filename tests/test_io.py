@@ -161,7 +161,7 @@ def test_caffemodel_round_trips_bit_identically(tmp_path):
     again = io.read_caffemodel(tmp_path / 'w.caffemodel')
     assert again == net
     for name, blobs in arrays(net).items():
-        for a, b in zip(blobs, arrays(again)[name]):
+        for a, b in zip(blobs, arrays(again)[name], strict=True):
             assert same_bits(a, b)
 
 

@@ -300,9 +300,9 @@ def test_io_datum_to_array_decodes_encoded_datums():
 
 
 def test_a_train_and_a_test_net_read_one_database(tmp_path):
-    from test_convert_imageset import make_images
+    from test_convert_imageset import chw_bgr, make_images
     from torchcaffe.tools import convert_imageset
-    list_file, _ = make_images(str(tmp_path), count=3)
+    list_file, images = make_images(str(tmp_path), count=3)  # 6 x 8 pixels each
     source = str(tmp_path / 'db')
     convert_imageset.main([str(tmp_path) + os.sep, list_file, source])
     text = ('layer { name: "d" type: "Data" top: "data" data_param { source: "%s" '
@@ -311,7 +311,16 @@ def test_a_train_and_a_test_net_read_one_database(tmp_path):
     caffe.set_random_seed(2)
     train = net_from(tmp_path, text, caffe.TRAIN)
     test = net_from(tmp_path, text, caffe.TEST)
-    assert train.forward()['data'].shape == test.forward()['data'].shape == (1, 3, 4, 4)
+    first, tested = train.forward()['data'].copy(), test.forward()['data'].copy()
+    assert first.shape == tested.shape == (1, 3, 4, 4)
+    # Both read record 0 (BGR, channels first). TEST crops the centre, at ((6 - 4) / 2,
+    # (8 - 4) / 2); TRAIN a random 4 x 4 window. Caffe mirrors in either phase when
+    # mirror is set (data_transformer.cpp: do_mirror = mirror() && Rand(2)).
+    record = chw_bgr(images[0]).astype(np.float32)
+    centre = record[:, 1:5, 2:6]
+    assert any(np.array_equal(tested[0], c) for c in (centre, centre[:, :, ::-1]))
+    windows = [record[:, h:h + 4, w:w + 4] for h in range(3) for w in range(5)]
+    assert any(np.array_equal(first[0], c) for w in windows for c in (w, w[:, :, ::-1]))
     caffe.set_random_seed(2)
     again = net_from(tmp_path, text, caffe.TRAIN, name='again.prototxt')
     train_runs = [train.forward()['data'].copy() for _ in range(4)]

@@ -144,7 +144,7 @@ def test_batch_norm_in_a_net_train_then_test():
     np.testing.assert_allclose(var_sum, 0.5 * np.array([5, 5]) * 4 / 3 + np.array([4, 4]) * 4 / 3,
                                rtol=1e-6)
     test = make_net(BN_NET % '', caffe.TEST)
-    for src, dst in zip(train.params['bn'], test.params['bn']):
+    for src, dst in zip(train.params['bn'], test.params['bn'], strict=True):
         dst.data[...] = src.data
     probe = np.array([[1, 1], [2, 2], [3, 3], [4, 4]], float)
     test.blobs['x'].data[...] = probe
@@ -156,7 +156,7 @@ def test_batch_norm_in_a_net_train_then_test():
 
 def test_batch_norm_statistics_get_no_diff_even_under_force_backward():
     net = make_net('force_backward: true\n' + BN_NET % '', caffe.TEST)
-    for b, value in zip(net.params['bn'], ([1.0, 2.0], [1.0, 4.0], [1.0])):
+    for b, value in zip(net.params['bn'], ([1.0, 2.0], [1.0, 4.0], [1.0]), strict=True):
         b.data[...] = value
     net.blobs['x'].data[...] = np.arange(8).reshape(4, 2)
     net.forward()

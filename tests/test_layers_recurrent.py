@@ -310,12 +310,47 @@ def test_lstm_in_a_net_saves_and_loads_its_blobs_in_caffes_order(tmp_path):
     np.testing.assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
 
 
+def finite_differences(f, arrays, eps=1e-6):
+    """Central differences of the scalar ``f(arrays)`` with respect to each array."""
+    grads = []
+    for a in arrays:
+        g = np.zeros_like(a)
+        for i in np.ndindex(a.shape):
+            keep = a[i]
+            a[i] = keep + eps
+            up = f(arrays)
+            a[i] = keep - eps
+            down = f(arrays)
+            a[i] = keep
+            g[i] = (up - down) / (2 * eps)
+        grads.append(g)
+    return grads
+
+
 def test_lstm_in_a_net_learns_from_its_top_diff():
-    # h feeds no loss: as in Caffe, its diff reaches the params under force_backward.
+    # The net has no loss: force_backward makes Caffe run the LSTM backward all the
+    # same, down to x and the static input (never to cont: AllowForceBackward).
     net = _net('force_backward: true\n' + LSTM_NET, caffe.TRAIN)
-    net.blobs['cont'].data[...] = [[0, 0], [1, 1], [1, 1]]
-    net.blobs['x'].data[...] = 1.0
-    net.blobs['xs'].data[...] = -0.5
+    rng = np.random.RandomState(4)
+    net.blobs['cont'].data[...] = [[0, 0], [1, 1], [1, 0]]
+    net.blobs['x'].data[...] = rng.randn(3, 2, 4)
+    net.blobs['xs'].data[...] = rng.randn(2, 5)
+    top_diff = rng.randn(3, 2, 3)
     net.forward()
-    net.backward(h=np.ones((3, 2, 3)))
-    assert all(b.diff.any() for b in net.params['lstm'])
+    net.backward(h=top_diff)
+    # The gradient of sum(h * top_diff), by float64 finite differences of the numpy
+    # loop, at the net's (float32) values.
+    cont = net.blobs['cont'].data.astype(float)
+    params = [b.data.astype(float) for b in net.params['lstm']]
+    x, xs = net.blobs['x'].data.astype(float), net.blobs['xs'].data.astype(float)
+
+    def objective(arrays):
+        return (lstm_loop(arrays[0], cont, arrays[2:], arrays[1])[0] * top_diff).sum()
+    expected = finite_differences(objective, [x, xs] + params)
+    got = [net.blobs['x'].diff, net.blobs['xs'].diff] + [b.diff for b in net.params['lstm']]
+    assert len(got) == len(expected) == 6
+    names = ['x', 'xs', 'W_xc', 'b_c', 'W_xc_static', 'W_hc']
+    for name, g, e in zip(names, got, expected):
+        assert g.shape == e.shape, name
+        np.testing.assert_allclose(g, e, rtol=1e-4, atol=1e-5, err_msg=name)
+    assert not net.blobs['cont'].diff.any()

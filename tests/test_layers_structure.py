@@ -459,6 +459,6 @@ def test_new_layers_on_cuda_match_the_cpu(text, bottoms, params, wrt):
         top.backward(torch.ones_like(top))
         return [top] + [t.grad for t in bs if t.requires_grad] + [p.grad for p in ps]
 
-    for cpu, gpu in zip(run('cpu'), run('cuda')):
+    for cpu, gpu in zip(run('cpu'), run('cuda'), strict=True):
         np.testing.assert_allclose(gpu.detach().cpu().numpy(), cpu.detach().numpy(),
                                    rtol=1e-12, atol=1e-14)

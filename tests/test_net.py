@@ -301,7 +301,7 @@ def test_loss_weight_scales_every_diff():
         net.forward()
         net.backward()
     for name in ('ip', 'out'):
-        for p1, p2 in zip(one.params[name], two.params[name]):
+        for p1, p2 in zip(one.params[name], two.params[name], strict=True):
             np.testing.assert_allclose(p2.diff, 2 * p1.diff, rtol=1e-6)
             assert np.abs(p1.diff).sum() > 0
 
@@ -491,7 +491,7 @@ def test_save_then_load_is_bit_identical_and_keeps_the_layers(tmp_path):
     other = make_net(GRAD_NET.replace('std: 0.5', 'std: 2'))
     other.copy_from(path)
     for name in net.params:
-        for a, b in zip(net.params[name], other.params[name]):
+        for a, b in zip(net.params[name], other.params[name], strict=True):
             assert a.data.tobytes() == b.data.tobytes()
     saved = io.read_caffemodel(path)
     assert [layer.name for layer in saved.layer] == net._layer_names

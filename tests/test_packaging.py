@@ -101,8 +101,49 @@ def test_first_install_shows_one_line_per_package_with_download_sizes_and_errors
     assert done.stderr.startswith('ERROR: pip')
 
 
-def test_first_install_says_what_it_installs_and_how_big():
-    with open(str(ROOT / 'scripts' / 'venv.sh')) as f:
-        text = f.read()
-    assert 'torch 2.13.0' in text and '1.5 GB' in text and '| _setup_progress' in text
-    assert '--quiet' not in text
+FAKE_PYTHON = """#!/usr/bin/env bash
+# Stands in for python3.11: '-m venv DIR' makes DIR/bin/python, a copy of this script,
+# whose '-m pip install ...' records its arguments and prints pip's output.
+set -e
+if [ "$1 $2" = "-m venv" ]; then
+    mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
+elif [ "$1 $2 $3" = "-m pip install" ]; then
+    echo "$@" >> "$(dirname "$0")/../pip-calls"
+    cat "$(dirname "$0")/../../pip-output"
+fi
+"""
+
+
+def test_first_install_says_what_it_installs_and_how_big(tmp_path):
+    # venv.sh run for real in a copy of the project's set-up files, with a stand-in
+    # Python: the first run announces the install before pip starts, the second is silent.
+    (tmp_path / 'scripts').mkdir()
+    (tmp_path / 'scripts' / 'venv.sh').write_text((ROOT / 'scripts' / 'venv.sh').read_text())
+    (tmp_path / 'scripts' / 'system_deps.sh').write_text('')  # not under test (apt-get)
+    (tmp_path / 'pyproject.toml').write_text((ROOT / 'pyproject.toml').read_text())
+    (tmp_path / 'pip-output').write_text(PIP_OUTPUT)
+    python = tmp_path / 'python3.11'
+    python.write_text(FAKE_PYTHON)
+    python.chmod(0o755)
+    env = {'PATH': '/usr/bin:/bin', 'PYTHON': str(python), 'HOME': str(tmp_path)}
+
+    def setup():
+        done = subprocess.run(['bash', '-c', 'source scripts/venv.sh'], cwd=tmp_path,
+                              env=env, capture_output=True, text=True, check=True)
+        return done.stdout.splitlines()
+    lines = setup()
+    torch_pin = next(d for d in pyproject()['project']['dependencies']
+                     if d.startswith('torch=='))
+    assert lines[0] == '[setup] creating virtual environment in %s/.venv with %s' % (
+        tmp_path, python)
+    announce = lines[1:4]
+    assert announce[0] == ('[setup] installing pinned dependencies into .venv (pip install '
+                           '-e .[test]): torch %s' % torch_pin.split('==')[1])
+    assert '~750 MB installed' in announce[1] and 'about 1.5 GB in all' in announce[2]
+    assert lines[4] == '[setup] 1 obtaining file:///work/main'  # then pip's progress
+    assert lines[-1] == '[setup] done: installed numpy-2.4.6 torch-2.13.0'
+    calls = (tmp_path / '.venv' / 'pip-calls').read_text().splitlines()
+    assert len(calls) == 1 and '--progress-bar off' in calls[0] and '--quiet' not in calls[0]
+    assert calls[0].endswith('-e %s[test]' % tmp_path)
+    assert setup() == []  # installed: nothing to say, nothing run
+    assert len((tmp_path / '.venv' / 'pip-calls').read_text().splitlines()) == 1

@@ -67,11 +67,16 @@ def inputs(seed=0):
     return data, label
 
 
-def run_net(phase=caffe.TRAIN, backward=True):
+def run_net(phase=caffe.TRAIN, backward=True, net=None):
     """A fresh net (same seeded fillers and dropout each call), forward and backward;
-    returns the net and copies of every blob's data and diff and every param diff."""
+    returns the net and copies of every blob's data and diff and every param diff.
+    Given ``net``, runs that one again instead, from the same dropout seed and with
+    its param diffs cleared."""
     caffe.set_random_seed(11)
-    net = caffe.Net(net_param(phase))
+    if net is None:
+        net = caffe.Net(net_param(phase))
+    else:
+        net.clear_param_diffs()
     data, label = inputs()
     net.blobs['data'].data[...] = data
     net.blobs['label'].data[...] = label
@@ -134,19 +139,34 @@ def test_tf32_on_the_cpu_says_in_its_log_line_that_it_changes_nothing(caplog):
 
 # ------------------------------------------------------------------------ fp32 and tf32
 
-def test_fp32_after_other_precisions_is_bit_identical_to_the_default():
-    _, blobs, diffs, grads = run_net()  # no set_precision call yet in this test
-    for name in ('bf16', 'tf32', 'fp32'):
-        caffe.set_precision(name)
-    net, blobs2, diffs2, grads2 = run_net()
-    assert net.blobs['score']._data.tensor.dtype == torch.float32
+def assert_bit_identical(expected, run):
+    """Two run_net results hold the same blobs, diffs and param diffs, bit for bit."""
+    _, blobs, diffs, grads = expected
+    _, blobs2, diffs2, grads2 = run
     for ours, theirs in ((blobs, blobs2), (diffs, diffs2)):
         assert ours.keys() == theirs.keys()
         for name in ours:
             assert np.array_equal(ours[name], theirs[name]), name
+    assert grads.keys() == grads2.keys()
     for name in grads:
+        assert len(grads[name]) == len(grads2[name]) == 2, name
         for a, b in zip(grads[name], grads2[name]):
             assert np.array_equal(a, b), name
+
+
+def test_fp32_after_other_precisions_is_bit_identical_to_the_default():
+    default = run_net()  # no set_precision call yet in this test
+    caffe.set_precision('bf16')
+    net, blobs, _, _ = run_net()
+    assert net.blobs['score']._data.tensor.dtype == torch.bfloat16
+    assert not np.array_equal(blobs['score'], default[1]['score'])
+    caffe.set_precision('tf32')
+    run_net(net=net)
+    caffe.set_precision('fp32')
+    # The net that computed in bfloat16 and in tf32, then a fresh one.
+    for again in (run_net(net=net), run_net()):
+        assert again[0].blobs['score']._data.tensor.dtype == torch.float32
+        assert_bit_identical(default, again)
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason='TF32 changes CUDA results')
@@ -157,7 +177,8 @@ def test_tf32_on_the_cpu_is_bit_identical_to_fp32():
     for name in blobs:
         assert np.array_equal(blobs[name], blobs2[name]), name
     for name in grads:
-        assert all(np.array_equal(a, b) for a, b in zip(grads[name], grads2[name])), name
+        assert all(np.array_equal(a, b)
+                   for a, b in zip(grads[name], grads2[name], strict=True)), name
 
 
 # ------------------------------------------------------------------------ bf16
@@ -246,7 +267,8 @@ def test_bf16_training_follows_fp32_training():
     caffe.set_precision('bf16')
     s = solver()
     s.step(5)
-    for i, (a, b) in enumerate(zip(s.net.learnable_params, fp32.net.learnable_params)):
+    pairs = zip(s.net.learnable_params, fp32.net.learnable_params, strict=True)
+    for i, (a, b) in enumerate(pairs):
         assert_bf16_close(a.data, b.data, 'param %d after 5 steps' % i)
 
 
@@ -262,7 +284,7 @@ def test_cuda_precisions_are_close_to_fp32_and_read_as_float32(name):
         assert blobs2[name].dtype == np.float32
         assert_bf16_close(blobs2[name], blobs[name], name)
     for name in grads:
-        for a, b in zip(grads2[name], grads[name]):
+        for a, b in zip(grads2[name], grads[name], strict=True):
             assert_bf16_close(a, b, name + ' grad', tol=0.08)
 
 

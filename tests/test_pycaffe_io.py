@@ -155,7 +155,10 @@ def test_blobproto_round_trips_and_legacy_dims():
     np.testing.assert_array_equal(caffe.io.blobproto_to_array(blob), arr)
     legacy = caffe.proto.caffe_pb2.BlobProto(num=1, channels=2, height=1, width=3)
     legacy.data.extend([1, 2, 3, 4, 5, 6])
-    assert caffe.io.blobproto_to_array(legacy).shape == (1, 2, 1, 3)
+    back = caffe.io.blobproto_to_array(legacy)
+    assert back.shape == (1, 2, 1, 3)
+    # num, channels, height, width: row-major, the last axis fastest
+    np.testing.assert_array_equal(back, [[[[1, 2, 3]], [[4, 5, 6]]]])
 
 
 def test_blobprotovector_string_round_trip():
@@ -163,7 +166,9 @@ def test_blobprotovector_string_round_trip():
     data = caffe.io.arraylist_to_blobprotovector_str(arrays)
     assert isinstance(data, bytes)
     back = caffe.io.blobprotovector_str_to_arraylist(data)
+    assert len(back) == len(arrays) == 2
     for a, b in zip(arrays, back):
+        assert b.shape == a.shape and b.dtype == np.float32
         np.testing.assert_array_equal(a, b)
     with pytest.raises(FormatError):
         caffe.io.blobprotovector_str_to_arraylist(b'\xff\xff\xff')

@@ -170,7 +170,7 @@ def test_do_seg_tests_prints_the_reference_lines_and_per_class_iu(known, capsys)
     stamp = r'>>> \d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? Iteration 7 '
     expected = [r'loss 2\.07944', r'overall accuracy 0\.5', r'mean accuracy 0\.5',
                 r'mean IU 0\.333333', r'fwavacc 0\.375', 'per-class IU']
-    for line, pattern in zip(lines, expected):
+    for line, pattern in zip(lines[:6], expected, strict=True):  # then the per-class lines
         assert re.fullmatch(stamp + pattern, line), line
     # IU: bg 1 / (2 + 1 - 1), one 1 / (1 + 2 - 1), two 0 / (1 + 1)
     assert [line.split()[:3] for line in lines[6:]] == [['bg', 'IU', '0.5000'],

@@ -164,7 +164,7 @@ def caffe_update(ws, hs, gs, rate, momentum, weight_decay, iter_size=1):
     """Caffe's SGD on float32 arrays: normalize, regularize, history, data -= history."""
     f = np.float32
     new_ws, new_hs = [], []
-    for w, h, g, lr_mult, decay_mult in zip(ws, hs, gs, LR_MULTS, DECAY_MULTS):
+    for w, h, g, lr_mult, decay_mult in zip(ws, hs, gs, LR_MULTS, DECAY_MULTS, strict=True):
         d = f(g)
         if iter_size != 1:
             d = d * (f(1) / f(iter_size))
@@ -179,7 +179,7 @@ def caffe_update(ws, hs, gs, rate, momentum, weight_decay, iter_size=1):
 
 
 def assert_close(actual, expected, rtol=2e-5, atol=1e-6):
-    for i, (a, e) in enumerate(zip(actual, expected)):
+    for i, (a, e) in enumerate(zip(actual, expected, strict=True)):
         np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, err_msg='param %d' % i)
 
 
@@ -225,12 +225,13 @@ def test_iter_size_averages_the_gradients_of_its_passes(layers):
     before = weights(solver)
     g = [grads(before, *layers.batch(SEED, i, shape, CLASSES)) for i in range(2)]
     solver.step(1)
-    avg = [(a + b) / 2 for a, b in zip(g[0][1], g[1][1])]
+    avg = [(a + b) / 2 for a, b in zip(g[0][1], g[1][1], strict=True)]
     assert_close(weights(solver)[:2], [before[0] - avg[0], before[1] - 2 * avg[1]])
     assert solver.smoothed_loss == pytest.approx((g[0][0] + g[1][0]) / 2, rel=1e-5)
     # the same through the reference formulas, with Caffe's 1/iter_size scaling
     ws, _ = caffe_update(before, [np.zeros_like(w) for w in before],
-                         [a + b for a, b in zip(g[0][1], g[1][1])], 1, 0, 0, iter_size=2)
+                         [a + b for a, b in zip(g[0][1], g[1][1], strict=True)], 1, 0, 0,
+                         iter_size=2)
     assert_close(weights(solver), ws)
 
 
@@ -346,7 +347,7 @@ def test_bad_lr_policies_fail_at_construction(layers, text, message):
 def clone(solver):
     """A separate train net of the solver's definition with the solver net's weights."""
     net = caffe.Net(solver.net.to_proto(), caffe.TRAIN)
-    for p, w in zip(net.learnable_params, weights(solver)):
+    for p, w in zip(net.learnable_params, weights(solver), strict=True):
         p.data[...] = w
     return net
 
@@ -410,13 +411,13 @@ def test_snapshot_names_and_contents(layers, tmp_path, caplog, fmt, model_ext, s
     assert (state.iter, state.learned_net, state.current_step) == (2, model, 1)
     history = [io.blobproto_to_array(b) for b in state.history]
     assert len(history) == 4
-    for saved, h in zip(history, solver.history):
+    for saved, h in zip(history, solver.history, strict=True):
         assert np.array_equal(saved, h)
     net = caffe.Net(solver.net.to_proto(), caffe.TRAIN)
     for p in net.learnable_params:
         p.data[...] = 0
     net.copy_from(model)
-    for a, b in zip(net.learnable_params, solver.net.learnable_params):
+    for a, b in zip(net.learnable_params, solver.net.learnable_params, strict=True):
         assert np.array_equal(a.data, b.data)
     if fmt == 'BINARYPROTO':  # snapshot_diff: the diffs hold the last update
         saved = io.read_caffemodel(model)
@@ -441,7 +442,8 @@ def test_resuming_from_a_snapshot_equals_training_straight_through(layers, tmp_p
     resumed.net.layers[0].index = 3  # the data layer carries on where it was
     resumed.step(3)
     assert (resumed.iter, resumed.current_step) == (6, 2)
-    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history):
+    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history,
+                    strict=True):
         assert np.array_equal(a, b)
 
 
@@ -458,7 +460,8 @@ def test_restoring_a_state_of_another_net_names_the_param_and_shapes(layers, tmp
     for part in (state, 'history blob 0', "layer 'ip1' blob 0", '(4, 3)', '(5, 3)',
                  'different net'):
         assert part in message
-    assert other.iter == 0 and all(np.array_equal(a, b) for a, b in zip(before, weights(other)))
+    assert other.iter == 0 and all(np.array_equal(a, b)
+                                   for a, b in zip(before, weights(other), strict=True))
 
 
 def test_restoring_a_state_with_another_param_count_fails(layers, tmp_path):
@@ -510,7 +513,7 @@ def test_solve_resumes_from_a_state_file(layers, tmp_path):
     resumed.net.layers[0].index = 2
     resumed.solve(prefix + '_iter_2.solverstate')
     assert resumed.iter == 4
-    for a, b in zip(weights(resumed), weights(straight)):
+    for a, b in zip(weights(resumed), weights(straight), strict=True):
         assert np.array_equal(a, b)
 
 
@@ -608,10 +611,10 @@ def test_test_nets_share_weights_and_log_mean_outputs(layers, caplog):
     caplog.clear()
     solver.step(1)  # tests at iteration 2 with the weights of two updates
     test_net = solver.test_nets[0]
-    for a, b in zip(test_net.params['ip1'], solver.net.params['ip1']):
+    for a, b in zip(test_net.params['ip1'], solver.net.params['ip1'], strict=True):
         assert np.array_equal(a.data, b.data)
     reference = caffe.Net(test_net.to_proto(), caffe.TEST)
-    for p, w in zip(reference.learnable_params, current):
+    for p, w in zip(reference.learnable_params, current, strict=True):
         p.data[...] = w
     reference.layers[0].index = 2  # the test net used batches 0, 1 at iteration 0
     outs = [reference.forward() for _ in range(2)]
@@ -684,7 +687,7 @@ def test_weights_field_finetunes_the_nets(layers, tmp_path):
     source.net.save(path)
     param = solver_param(layers, 'lr_policy: "fixed" base_lr: 0.1 weights: "%s"' % path)
     solver = caffe.SGDSolver(param)
-    for a, b in zip(weights(solver), weights(source)):
+    for a, b in zip(weights(solver), weights(source), strict=True):
         assert np.array_equal(a, b)
 
 
@@ -751,7 +754,7 @@ def test_gpu_training_matches_cpu(layers):
     cpu.step(4)
     caffe.set_mode_gpu()
     gpu = make_solver(layers, fields)
-    for p, w in zip(gpu.net.learnable_params, start):
+    for p, w in zip(gpu.net.learnable_params, start, strict=True):
         p.data[...] = w
     gpu.step(4)
     assert gpu.net.device.type == 'cuda'

@@ -158,7 +158,7 @@ def caffe_apply_update(kind, p, it, ws, hist, gs):
         rate = f(rate * f(p.gamma) ** (it // p.stepsize))
     n = len(ws)
     new_ws, new_hist = [], list(hist)
-    for i, (w, g) in enumerate(zip(ws, gs)):
+    for i, (w, g) in enumerate(zip(ws, gs, strict=True)):
         d = f(g) * (f(1) / f(p.iter_size)) if p.iter_size != 1 else f(g)
         decay = f(p.weight_decay) * f(DECAY_MULTS[i])
         if decay:
@@ -235,7 +235,7 @@ def test_training_matches_hand_computed_gradients_and_updates(kind):
         gs = hand_gradients(ws, *batch(it))
         ws, hist = caffe_apply_update(kind, solver.param, it, ws, hist, gs)
         step(solver)
-    for i, (a, e) in enumerate(zip(weights(solver), ws)):
+    for i, (a, e) in enumerate(zip(weights(solver), ws, strict=True)):
         np.testing.assert_allclose(a, e, rtol=1e-4, atol=1e-6, err_msg='param %d' % i)
 
 
@@ -266,8 +266,25 @@ def test_adadelta_applies_the_rate_after_updating_its_step_history():
     histories = []
     for lr in (0.5, 2.0):
         solver = make_solver('AdaDelta', 'base_lr: %g' % lr)
+        before, record = weights(solver), Recorder(solver)
         step(solver)
+        assert len(record.diffs) == 1 and len(record.diffs[0]) == 4
+        assert len(solver.history) == 2 * 4  # squared gradients, then squared steps
+        m, delta = f(solver.param.momentum), f(solver.param.delta)
+        for i, g in enumerate(record.diffs[0]):
+            u = g * np.sqrt(delta / (g * g * (f(1) - m) + delta))
+            what = 'param %d' % i
+            np.testing.assert_allclose(solver.history[i], (f(1) - m) * g * g, rtol=1e-6,
+                                       err_msg=what)
+            np.testing.assert_allclose(solver.history[4 + i], (f(1) - m) * u * u, rtol=1e-5,
+                                       err_msg=what)
+            np.testing.assert_allclose(before[i] - weights(solver)[i],
+                                       f(lr) * f(LR_MULTS[i]) * u, rtol=1e-5, atol=1e-7,
+                                       err_msg=what)
+        # ip2's bias (lr_mult 0) gets no gradient; the other three moved
+        assert all(np.abs(h).max() > 0 for h in solver.history[4:7])
         histories.append(solver.history[4:])
+    assert len(histories[0]) == len(histories[1]) == 4
     for a, b in zip(*histories):
         assert np.array_equal(a, b)
 
@@ -305,7 +322,7 @@ def test_snapshot_restore_and_resume_are_bit_exact(kind, fmt, tmp_path):
     sets = 2 if kind in TWO_SETS else 1
     assert len(state.history) == 4 * sets
     saved = [io.blobproto_to_array(b) for b in state.history]
-    for a, b in zip(saved, straight.history):
+    for a, b in zip(saved, straight.history, strict=True):
         assert a.shape == b.shape and np.array_equal(a, b)
     if fmt == 'HDF5':  # Caffe's layout: group history, datasets 0 .. 2N-1
         with h5py.File(path, 'r') as h5:
@@ -314,13 +331,15 @@ def test_snapshot_restore_and_resume_are_bit_exact(kind, fmt, tmp_path):
     resumed = make_solver(kind, extra)
     resumed.restore(path)
     assert resumed.iter == 3 and resumed.current_step == 1
-    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history):
+    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history,
+                    strict=True):
         assert np.array_equal(a, b)
     for _ in range(3):
         step(straight)
         step(resumed)
     assert resumed.iter == straight.iter == 6
-    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history):
+    for a, b in zip(weights(resumed) + resumed.history, weights(straight) + straight.history,
+                    strict=True):
         assert np.array_equal(a, b)
 
 
@@ -347,7 +366,7 @@ def test_a_caffe_adam_state_puts_first_moments_first(tmp_path, fmt):
     resumed = make_solver('Adam', 'lr_policy: "fixed"')
     resumed.restore(path)
     assert resumed.iter == 7
-    for a, b in zip(resumed.history, m + v):
+    for a, b in zip(resumed.history, m + v, strict=True):
         assert np.array_equal(a, b)
     record = Recorder(resumed)
     step(resumed)
@@ -366,7 +385,8 @@ def test_a_state_of_another_solver_type_is_refused_naming_both_counts(tmp_path):
                        match=r'4 history blobs but AdamSolver keeps 8 \(2 per learnable param; '
                              r'the net has 4\).*solver type'):
         adam.restore(path)
-    assert adam.iter == 0 and all(np.array_equal(a, b) for a, b in zip(before, weights(adam)))
+    assert adam.iter == 0 and all(np.array_equal(a, b)
+                                  for a, b in zip(before, weights(adam), strict=True))
 
 
 def test_a_second_half_of_the_wrong_shape_names_its_param(tmp_path):
@@ -451,10 +471,11 @@ def test_gpu_updates_match_cpu(kind):
         step(cpu)
     caffe.set_mode_gpu()
     gpu = make_solver(kind, 'weight_decay: 0.01')
-    for p, w in zip(gpu.net.learnable_params, start):
+    for p, w in zip(gpu.net.learnable_params, start, strict=True):
         p.data[...] = w
     for _ in range(3):
         step(gpu)
     assert gpu.net.device.type == 'cuda'
-    for i, (a, b) in enumerate(zip(weights(gpu) + gpu.history, weights(cpu) + cpu.history)):
+    pairs = zip(weights(gpu) + gpu.history, weights(cpu) + cpu.history, strict=True)
+    for i, (a, b) in enumerate(pairs):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6, err_msg='blob %d' % i)

@@ -264,8 +264,10 @@ def test_fc6_and_fc7_become_convolutions_holding_the_reshaped_inner_product(vgg_
 
 def test_convolutions_are_copied_unchanged(vgg_files, converted):
     for name in ('conv1_1', 'conv3_2', 'conv5_3'):
-        for got, want in zip(saved_blobs(converted['saved'], name),
-                             vgg_files['params'][name]):
+        saved, source = saved_blobs(converted['saved'], name), vgg_files['params'][name]
+        assert len(saved) == len(source) == 2, name  # weights and bias
+        for got, want in zip(saved, source):
+            assert got.shape == want.shape, name
             np.testing.assert_array_equal(got, want)
 
 

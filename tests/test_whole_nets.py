@@ -165,7 +165,7 @@ def test_fcn_learnable_param_diffs_equal_module_grads(val_run):
     mults = lr_mults(proto)
     compared = 0
     for layer, tensors in caffe_params(module).items():
-        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors)):
+        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors, strict=True)):
             if mults[layer][i] == 0:
                 continue
             assert_close(blob.diff, tensor.grad.numpy(), '%s[%d] diff' % (layer, i))
@@ -220,7 +220,7 @@ def test_fcn_in_float64_matches_module_to_double_precision(stage):
     assert math.isclose(float(np.asarray(out['loss']).reshape(())), loss.item(), rel_tol=1e-11)
     mults = lr_mults(proto)
     for layer, tensors in caffe_params(module).items():
-        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors)):
+        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors, strict=True)):
             expected = tensor.grad.numpy() if mults[layer][i] else np.zeros(tensor.shape)
             assert_close(blob.diff, expected, '%s[%d] diff' % (layer, i), **tight)
 
@@ -303,7 +303,7 @@ def test_train_net_in_train_phase_matches_module_with_the_same_dropout_masks():
     assert math.isclose(float(np.asarray(out['loss']).reshape(())), loss.item(), rel_tol=1e-5)
     mults = lr_mults(proto)
     for layer, tensors in caffe_params(module).items():
-        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors)):
+        for i, (blob, tensor) in enumerate(zip(net.params[layer], tensors, strict=True)):
             if mults[layer][i]:
                 assert_close(blob.diff, tensor.grad.numpy(), '%s[%d] diff' % (layer, i))
 
@@ -328,7 +328,7 @@ def test_param_diffs_accumulate_over_two_backward_passes(val_run):
     net.backward()
     after = {layer: [b.diff.copy() for b in blobs] for layer, blobs in net.params.items()}
     for layer, diffs in before.items():  # leave the fixture as it was
-        for blob, diff in zip(net.params[layer], diffs):
+        for blob, diff in zip(net.params[layer], diffs, strict=True):
             blob.diff[...] = diff
     mults = lr_mults(proto)
     for layer, tensors in caffe_params(module).items():

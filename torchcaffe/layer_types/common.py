@@ -4,6 +4,7 @@ Silence, Split, Input, Embed, Tile, Reduction, Filter, BatchReindex, Parameter.
 """
 import torch
 
+from .. import kernels
 from ..proto import caffe_pb2
 from .base import Layer, register, count
 
@@ -29,6 +30,7 @@ class InnerProduct(Layer):
         self.ip_param = layer_param.inner_product_param
         if self.ip_param.num_output < 1:
             raise self.error('inner_product_param.num_output must be positive')
+        self.kernels = {}  # pass -> kernel of the last run (torchcaffe.kernels)
 
     def _axis(self, shape):
         return self.canonical_axis(self.ip_param.axis, len(shape), shape)
@@ -60,9 +62,8 @@ class InnerProduct(Layer):
         if weight.dim() != 2:
             # Old models store IP weights as 1 x 1 x N x K; the data is the same.
             weight = weight.reshape(weight.shape[-2:])
-        y = flat @ (weight if self.ip_param.transpose else weight.t())
-        if self.ip_param.bias_term:
-            y = y + params[1].reshape(-1)
+        bias = params[1].reshape(-1) if self.ip_param.bias_term else None
+        y = kernels.inner_product(flat, weight, bias, self.ip_param.transpose, self.kernels)
         return [y.reshape(shape[:axis] + (y.shape[1],))]
 
 

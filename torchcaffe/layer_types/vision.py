@@ -3,6 +3,7 @@ normalization)."""
 import torch
 import torch.nn.functional as F
 
+from .. import kernels
 from ..errors import ShapeError
 from ..proto import caffe_pb2
 from ..shapes import conv_output_size, deconv_output_size, pool_output_size
@@ -100,6 +101,8 @@ class _ConvBase(Layer):
                              % (self.num_output, self.group))
         self.bias_term = p.bias_term
         self._geometries = {}  # number of bottom axes -> _geometry's answer
+        # pass -> kernel of the last run, 2-D only (torchcaffe.kernels; caffe time)
+        self.kernels = {}
 
     def _geometry(self, bottom_shape):
         """(channel axis, kernel, stride, pad, dilation) for a bottom of this shape.
@@ -164,6 +167,11 @@ class _ConvBase(Layer):
         num_spatial = len(kernel)
         if num_spatial > 3:
             raise self.shape_error('only 1, 2 or 3 spatial axes are supported', shape)
+        if num_spatial == 2 and axis == 1 and x.dim() == 4:
+            # the kernel chosen for the shape (torchcaffe.kernels)
+            return kernels.convolution(x, weight, bias, stride, pad, dilation, groups,
+                                       transposed=self.type == 'Deconvolution',
+                                       record=self.kernels)
         op = self._torch_op(num_spatial)
         if axis == 1:  # N x C x spatial: the torch layout already (no view to record)
             return op(x, weight, bias, stride=stride, padding=pad, dilation=dilation,
@@ -523,12 +531,34 @@ class Crop(Layer):
     def forward(self, bottoms, params):
         data, ref = bottoms
         index = _cached(self._indices, (tuple(data.shape), tuple(ref.shape)), self._index)
+        if (data.requires_grad and torch.is_grad_enabled() and type(data) is torch.Tensor
+                and not kernels.tracing()):
+            return [_CropFunction.apply(data, index)]
         return [data[index]]
 
     def _index(self, shapes):
         offsets = self.offsets(shapes)
         (out_shape,) = self.top_shapes(shapes)
         return tuple(slice(o, o + n) for o, n in zip(offsets, out_shape))
+
+
+class _CropFunction(torch.autograd.Function):
+    """``data[index]`` whose backward writes the top diff into a zeroed buffer by
+    one slice assignment, as Caffe's CropLayer::Backward_cpu (zero the bottom
+    diff, copy the rows back); autograd's own is a chain of slice scatters, one
+    full-size buffer per sliced axis."""
+
+    @staticmethod
+    def forward(ctx, data, index):
+        ctx.shape, ctx.index = data.shape, index
+        return data[index]
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, top_diff):
+        diff = top_diff.new_zeros(ctx.shape)
+        diff[ctx.index] = top_diff
+        return diff, None
 
 
 # ---- SPP and Im2col --------------------------------------------------------------------

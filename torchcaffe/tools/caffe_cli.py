@@ -29,7 +29,7 @@ import sys
 import numpy as np
 import torch
 
-from .. import distributed, io, mode
+from .. import distributed, io, kernels, mode
 from ..errors import CaffeError
 from ..glog import LOGGER_NAME, install_default_handler
 from ..net import Net
@@ -353,6 +353,12 @@ def time_table(times):
     for name, fwd, bwd in zip(times.names, times.forward, times.backward):
         per_layer.append('%10s\tforward: %g ms.' % (name, times.mean_ms(fwd)))
         per_layer.append('%10s\tbackward: %g ms.' % (name, times.mean_ms(bwd)))
+    if times.kernels:  # not Caffe's: the kernel each layer's passes ran (kernels.py)
+        per_layer.append('Kernel per layer (torchcaffe.kernels, mode %s):' % kernels.mode())
+        for name, chosen in times.kernels.items():
+            per_layer.append('%10s\t%s' % (name, ', '.join(
+                '%s: %s' % (part, chosen[part]) for part in ('forward', 'input', 'weight')
+                if part in chosen)))
     totals = ['Average Forward pass: %g ms.' % times.mean_ms(times.forward_total),
               'Average Backward pass: %g ms.' % times.mean_ms(times.backward_total),
               'Average Forward-Backward: %g ms.' % times.mean_ms(times.total),

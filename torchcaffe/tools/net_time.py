@@ -31,6 +31,9 @@ class LayerTimes:
     iterations : int
     per_iteration : list of float
         Each iteration's forward-backward time.
+    kernels : dict
+        Layer name -> {'forward' / 'input' / 'weight': kernel name} for the layers
+        that choose a kernel per shape (:mod:`torchcaffe.kernels`), as last run.
     """
 
     def __init__(self, names):
@@ -40,6 +43,7 @@ class LayerTimes:
         self.forward_total = self.backward_total = self.total = 0.0
         self.iterations = 0
         self.per_iteration = []
+        self.kernels = {}  # layer name -> {pass: kernel} (torchcaffe.kernels' choices)
 
     def mean_ms(self, seconds):
         """``seconds`` summed over the iterations, as milliseconds per iteration."""
@@ -125,4 +129,8 @@ def time_net(net, iterations, on_iteration=None, clock=time.perf_counter):
                 on_iteration(j + 1, end - start)
     finally:
         net.autograd = autograd
+    for step in net._steps:
+        chosen = getattr(step.layer, 'kernels', None)
+        if chosen:
+            times.kernels[step.name] = dict(chosen)
     return times

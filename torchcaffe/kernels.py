@@ -510,7 +510,7 @@ def inner_product(flat, weight, bias, transpose, record=None):
         return y + bias if bias is not None else y
 
     if (bias is None or not _eligible(flat, weight)
-            or flat.shape[0] * flat.shape[1] * w.shape[1] < MIN_MACS):
+            or (mode() == 'auto' and flat.shape[0] * flat.shape[1] * w.shape[1] < MIN_MACS)):
         if record is not None:
             record['forward'] = 'plain'
         return product()

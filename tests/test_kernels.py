@@ -364,9 +364,12 @@ def test_same_pin_file_and_threads_give_the_same_kernels_and_bytes_across_proces
         tmp_path):
     env = dict(os.environ, TORCHCAFFE_KERNEL_FILE=str(tmp_path / 'k.json'),
                TORCHCAFFE_KERNELS='auto')
-    outs = [subprocess.run([sys.executable, '-c', DETERMINISM_SCRIPT, ROOT], env=env,
-                           capture_output=True, text=True, check=True).stdout
-            for _ in range(3)]
+    outs = []
+    for _ in range(3):
+        done = subprocess.run([sys.executable, '-c', DETERMINISM_SCRIPT, ROOT], env=env,
+                              capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        outs.append(done.stdout)
     assert outs[0] and outs[0] == outs[1] == outs[2]
     assert "'forward'" in outs[0]
 

@@ -40,8 +40,9 @@ it. ``plain`` and ``gemm`` never measure.
 
 The plain path is taken regardless of the switch under torch.compile / torch.export
 tracing, for fake or meta tensors and other tensor subclasses, under autocast
-(``set_precision('bf16')``), off the CPU, and for convolutions smaller than
-:data:`MIN_MACS` (where the choice cannot pay for its measuring). On a GPU the
+(``set_precision('bf16')``), off the CPU, and, in ``auto``, for convolutions
+smaller than :data:`MIN_MACS` (where the choice cannot pay for its measuring) or
+whose im2col columns would pass :data:`MAX_COLUMNS` (where torch wins anyway). On a GPU the
 same switch drives ``torch.backends.cudnn.benchmark`` (:func:`cudnn_benchmark`).
 """
 import json
@@ -56,7 +57,7 @@ from torch.autograd.function import once_differentiable
 
 from . import mode as _caffe_mode
 
-__all__ = ['MODES', 'MARGIN', 'MIN_MACS', 'set_mode', 'mode', 'clear', 'choices',
+__all__ = ['MODES', 'MARGIN', 'MIN_MACS', 'MAX_COLUMNS', 'set_mode', 'mode', 'clear', 'choices',
            'convolution', 'inner_product', 'cudnn_benchmark', 'apply_cudnn_benchmark',
            'CANDIDATES', 'tracing']
 
@@ -69,7 +70,14 @@ MARGIN = 0.85
 MIN_MACS = 1 << 22
 
 # Measured rounds per candidate (the minimum counts).
-ROUNDS = 2
+ROUNDS = 3
+
+# im2col + GEMM is a candidate only while its column buffer stays under this many
+# elements (a 1x1 kernel without padding has none). Past it the convolution has
+# many output positions per weight, where torch's direct kernels win by far (a
+# VGG 3x3 layer at 500 x 500 would need over a GB of columns and lose 2-5x), so
+# measuring it would only cost time and memory.
+MAX_COLUMNS = 1 << 24
 
 # Choices kept at most (images of many sizes would otherwise grow the table).
 _MAX_CHOICES = 4096
@@ -486,9 +494,18 @@ def convolution(x, weight, bias, stride, pad, dilation, groups, transposed=False
 
 
 def _worth_choosing(x, weight, geo):
-    """Whether the work is large enough for measuring to pay ('auto' only)."""
+    """Whether the work is large enough for measuring to pay, and the columns
+    small enough for im2col + GEMM to stand a chance ('auto' only)."""
     if mode() == 'gemm':
         return True
+    if not geo.pointwise:
+        # a convolution's columns are (C k, out positions); a deconvolution's
+        # col2im input is (M k, in positions)
+        positions = (math.prod(x.shape[2:]) if geo.transposed
+                     else math.prod(geo.out_size(x.shape[2:])))
+        rows = weight.numel() // weight.shape[0] * geo.groups
+        if x.shape[0] * positions * rows > MAX_COLUMNS:
+            return False
     # a convolution's output position costs weight.numel() / M multiply-adds, each
     # of M channels; a deconvolution's input position scatters weight.numel() / C
     positions = math.prod(x.shape[2:]) if geo.transposed else math.prod(geo.out_size(x.shape[2:]))

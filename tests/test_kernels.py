@@ -7,6 +7,7 @@ tested is the kernel, stride, pad, dilation and group arithmetic.
 """
 import glob
 import hashlib
+import itertools
 import json
 import os
 import subprocess
@@ -118,7 +119,9 @@ def run_all(geometry, x, w, b, force):
     top_diff = torch.randn(y.shape, generator=torch.Generator().manual_seed(7),
                            dtype=y.dtype)
     gx, gw, gb = torch.autograd.grad(y, (x, w, b), top_diff)
-    if force is not None:
+    if isinstance(force, dict):
+        assert record == force
+    elif force is not None:
         assert record == {'forward': force, 'input': force, 'weight': force}
     return [y.detach(), gx, gw, gb]
 
@@ -151,6 +154,19 @@ def test_gemm_kernels_match_the_plain_path_forward_and_backward(geometry):
             scale = float(p.abs().max()) or 1.0
             torch.testing.assert_close(q, p, rtol=rtol, atol=rtol * scale,
                                        msg=lambda m: '%s %s: %s' % (geometry[-1], what, m))
+
+
+@pytest.mark.parametrize('geometry', [GEOMETRIES[0], ZOO[1], ZOO[-1]], ids=ids)
+def test_mixed_choices_of_the_two_gradients_each_match_the_plain_path(geometry):
+    x, w, b = case_tensors(geometry, torch.float64, seed=5)
+    plain = run_all(geometry, x, w, b, None)
+    for forward, input_grad, weight_grad in itertools.product(kernels.CANDIDATES, repeat=3):
+        force = {'forward': forward, 'input': input_grad, 'weight': weight_grad}
+        mixed = run_all(geometry, x, w, b, force)
+        assert len(mixed) == len(plain) == 4
+        for what, p, q in zip(('top', 'input grad', 'weight grad', 'bias grad'), plain, mixed):
+            torch.testing.assert_close(q, p, rtol=1e-12, atol=1e-12 * float(p.abs().max()),
+                                       msg=lambda m: '%s %s: %s' % (force, what, m))
 
 
 @pytest.mark.parametrize('geometry', GEOMETRIES[:6] + ZOO[-2:], ids=ids)

@@ -419,10 +419,10 @@ class _Convolution(torch.autograd.Function):
         if on_torch:
             # the parts torch computes come from one call, as autograd's plain path
             mask = ('input' in on_torch, 'weight' in on_torch, need_b)
-            gx, gw, gb = _torch_backward(gy, x, weight, geo, ctx.has_bias, mask)
-            grads.update(input=gx, weight=gw)
-            if need_b:
-                grads['bias'] = gb
+            computed = _torch_backward(gy, x, weight, geo, ctx.has_bias, mask)
+            for part, grad in zip(('input', 'weight', 'bias'), computed):
+                if part in on_torch or (part == 'bias' and need_b):
+                    grads[part] = grad
         if need_b and 'bias' not in grads:
             grads['bias'] = gy.sum((0, 2, 3))
         return (grads.get('input') if need_x else None,
@@ -447,6 +447,8 @@ def _run_part(part, key, record, force, candidates):
 
 
 def _select(part, key, force, candidates):
+    if isinstance(force, dict):
+        force = force.get(part)
     if force is not None:
         return force, candidates[force]()
     return _choose(key + (part,), candidates)
@@ -466,9 +468,10 @@ def convolution(x, weight, bias, stride, pad, dilation, groups, transposed=False
     record : dict, optional
         Receives 'forward', 'input' and 'weight' -> the kernel name each pass ran
         (what ``caffe time`` prints).
-    force : str, optional
-        Run this kernel ('torch' or 'gemm') for every pass, without choosing
-        (for tests; the plain-path exceptions still apply).
+    force : str or dict, optional
+        Run this kernel ('torch' or 'gemm') for every pass, or pass name -> kernel
+        for some, without choosing (for tests; the plain-path exceptions still
+        apply).
 
     Returns
     -------
@@ -476,7 +479,8 @@ def convolution(x, weight, bias, stride, pad, dilation, groups, transposed=False
     """
     if x.device.type == 'cuda':
         apply_cudnn_benchmark(_caffe_mode.precision())
-    if force is not None and force not in CANDIDATES:
+    forced = set(force.values()) if isinstance(force, dict) else {force} - {None}
+    if forced - set(CANDIDATES):
         raise ValueError('unknown convolution kernel %r: choose one of %s'
                          % (force, ', '.join(CANDIDATES)))
     geo = _Geometry(weight.shape[2:], stride, pad, dilation, groups, transposed)

@@ -7,14 +7,18 @@ wraps its allocations and its layers' calls with :func:`reraise_oom` so that the
 names the layer, the blob or param, its shape and the bytes asked for.
 """
 import contextlib
+import ctypes
 import math
+import os
 import re
+import sys
 
 import torch
 
 from .errors import OutOfMemoryError
 
-__all__ = ['nbytes', 'format_bytes', 'is_out_of_memory', 'requested_bytes', 'reraise_oom']
+__all__ = ['nbytes', 'format_bytes', 'is_out_of_memory', 'requested_bytes', 'reraise_oom',
+           'keep_freed_memory']
 
 _CPU_BYTES = re.compile(r'tried to allocate (\d+) bytes', re.IGNORECASE)
 _CUDA_BYTES = re.compile(r'Tried to allocate ([0-9.]+) (B|KiB|MiB|GiB|TiB)')
@@ -121,3 +125,41 @@ def reraise_oom(what, shape=None, dtype=torch.float32, device=None):
         if asked is not None:
             message += ' allocating %s' % format_bytes(asked)
         raise OutOfMemoryError(message, asked) from err
+
+
+# glibc's mallopt parameters (malloc.h): a freed block is returned to the OS when
+# more than TRIM_THRESHOLD bytes are free at the top of the heap; blocks of
+# MMAP_THRESHOLD bytes or more get their own mmap, unmapped again on free.
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+_KEEP = {'done': False, 'kept': False}
+
+
+def keep_freed_memory():
+    """Have glibc keep freed blocks for reuse instead of unmapping them; once per
+    process, on Linux with glibc. Returns whether the setting is in force.
+
+    By default glibc serves every block of 32 MiB or more (far less at first)
+    with its own mmap and unmaps it when freed, so every blob a forward makes
+    starts as fresh pages that the kernel must fault in and zero: on the machines
+    measured, a ReLU over FCN's 64 x 700 x 700 conv1 blob took 10x longer out of
+    place than in place, and a 3x3 convolution 1.5x longer, for that alone.
+    Caffe keeps its blobs' memory from one pass to the next, onnxruntime has an
+    arena; here the heap keeps it (up to 1 GiB per block served from the heap,
+    2 GiB free before trimming). The resident set then stays at the peak.
+    ``TORCHCAFFE_KEEP_MEMORY=0`` leaves glibc's defaults.
+    """
+    if _KEEP['done']:
+        return _KEEP['kept']
+    _KEEP['done'] = True
+    if os.environ.get('TORCHCAFFE_KEEP_MEMORY', '1').strip() == '0' \
+            or not sys.platform.startswith('linux'):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # absent from musl
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    _KEEP['kept'] = bool(mallopt(_M_MMAP_THRESHOLD, 1 << 30)) and \
+        bool(mallopt(_M_TRIM_THRESHOLD, (1 << 31) - 1))
+    return _KEEP['kept']

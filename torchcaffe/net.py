@@ -44,7 +44,7 @@ import torch
 from . import blob as blob_module
 from . import backward as backward_walk
 from . import graph, io, mode, net_batches, net_params, net_weights
-from .memory import reraise_oom
+from .memory import keep_freed_memory, reraise_oom
 from .blob import Blob
 from .errors import CaffeError, NetGraphError, ShapeError
 from .insert_splits import insert_splits
@@ -151,6 +151,7 @@ class Net:
         return net_param
 
     def _build(self, net_param):
+        keep_freed_memory()  # blobs reuse freed memory rather than fault in fresh pages
         self.name = net_param.name
         self.phase = net_param.state.phase
         self.force_backward = net_param.force_backward

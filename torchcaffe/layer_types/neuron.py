@@ -9,6 +9,7 @@ import math
 
 import torch
 
+from .. import kernels
 from ..errors import CaffeError
 from ..proto import caffe_pb2
 from .base import Layer, register
@@ -40,9 +41,24 @@ class ReLU(_Neuron):
     def forward(self, bottoms, params):
         x = bottoms[0]
         slope = self.layer_param.relu_param.negative_slope
+        if self.in_place and _may_overwrite(x):
+            # Caffe overwrites the bottom of an in-place ReLU; without a gradient
+            # graph to keep the bottom for, so can the engine (no new blob memory)
+            if slope == 0:
+                return [torch.relu_(x)]
+            return [torch.nn.functional.leaky_relu_(x, slope)]
         if slope == 0:
             return [torch.relu(x)]
         return [torch.nn.functional.leaky_relu(x, slope)]
+
+
+def _may_overwrite(x):
+    """Whether an in-place layer may write into its bottom tensor: no gradient is
+    being recorded, and the tensor is a plain one of its own (not a view: Split's
+    tops are views of one tensor, and Caffe's in-place layers after a Split write
+    into their own top only)."""
+    return (not torch.is_grad_enabled() and not x.requires_grad and x._base is None
+            and type(x) is torch.Tensor and not kernels.tracing())
 
 
 @register
@@ -108,6 +124,8 @@ class Dropout(_Neuron):
     def forward(self, bottoms, params):
         x = bottoms[0]
         if self.phase != caffe_pb2.TRAIN:
+            if self.in_place and _may_overwrite(x):
+                return [x]  # the identity, in place: no copy
             return [x.clone()]
         keep = 1.0 - self.ratio
         # Drawn in float32 under bf16 autocast, so that every precision drops the same units.

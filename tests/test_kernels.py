@@ -243,7 +243,6 @@ def test_auto_measures_a_shape_once_and_keeps_its_choice(monkeypatch):
 def test_a_candidate_must_beat_torch_by_the_margin(monkeypatch):
     clock = iter(range(1000))
     monkeypatch.setattr(kernels.time, 'perf_counter', lambda: next(clock))
-    times = {}
 
     def timed(name, seconds):
         def run():
@@ -257,7 +256,27 @@ def test_a_candidate_must_beat_torch_by_the_margin(monkeypatch):
     # gemm takes 5: it wins, and the output returned is gemm's
     name, out = kernels._choose(('k2',), {'torch': timed('torch', 10), 'gemm': timed('gemm', 5)})
     assert (name, out) == ('gemm', 'gemm')
-    assert times == {}
+    # known now: nothing runs (the caller runs the choice)
+    def ran():
+        raise AssertionError('a known choice ran a candidate')
+    assert kernels._choose(('k2',), {'torch': ran, 'gemm': ran}) == ('gemm', None)
+
+
+def test_a_known_choice_runs_each_pass_once():
+    calls = []
+    original = kernels._torch_backward
+
+    def counted(*args):
+        calls.append(args[-1])
+        return original(*args)
+    x, w, b = big_case()
+    for _ in range(2):
+        calls.clear()
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(kernels, '_torch_backward', counted)
+            y = kernels.convolution(x, w, b, (1, 1), (0, 0), (1, 1), 1, force='torch')
+            y.sum().backward()
+        assert calls == [(True, True, True)]  # one call for the three, as autograd's
 
 
 def test_plain_mode_runs_torchs_op_and_chooses_nothing():

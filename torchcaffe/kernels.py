@@ -167,20 +167,22 @@ def _save_choice(key, name):
 def _choose(key, candidates):
     """(name, output) of the kernel chosen for ``key``: ``candidates`` maps names
     to functions of no arguments, ``torch`` first. Unknown keys are measured (or
-    forced by the mode); the output is that of the chosen kernel's run."""
+    forced by the mode); the output is that of the chosen kernel's last measured
+    run, or None when nothing ran (the caller runs the choice)."""
     name = _choices.get(key)
     if name is None:
         _load_file()
         name = _state['pinned'].get(_key_text(key))
         if name not in candidates:
             name = None
+        if name is not None:
+            _remember(key, name, save=False)
     if name is not None:
-        _remember(key, name, save=False)
-        return name, candidates[name]()
+        return name, None
     if mode() == 'gemm':
         name = next((n for n in candidates if n != 'torch'), 'torch')
         _remember(key, name)
-        return name, candidates[name]()
+        return name, None
     best, outputs = {}, {}
     for _ in range(ROUNDS):
         for n, run in candidates.items():
@@ -431,26 +433,30 @@ class _Convolution(torch.autograd.Function):
 
 
 def _pick_part(part, key, record, force, candidates):
-    """(name, output or None): the chosen kernel of ``part``; a torch choice's
-    output is left to the caller, which computes all torch parts in one call."""
+    """(name, output or None): the chosen kernel of ``part`` and its output; a
+    torch choice's output is left to the caller, which computes all torch parts
+    in one call."""
     name, out = _select(part, key, force, candidates)
     if record is not None:
         record[part] = name
-    return name, (None if name == 'torch' else out)
+    if name == 'torch':
+        return name, None
+    return name, candidates[name]() if out is None else out
 
 
 def _run_part(part, key, record, force, candidates):
     name, out = _select(part, key, force, candidates)
     if record is not None:
         record[part] = name
-    return out
+    return candidates[name]() if out is None else out
 
 
 def _select(part, key, force, candidates):
+    """(name, output or None) as :func:`_choose`, or the forced kernel, not run."""
     if isinstance(force, dict):
         force = force.get(part)
     if force is not None:
-        return force, candidates[force]()
+        return force, None
     return _choose(key + (part,), candidates)
 
 
@@ -545,6 +551,8 @@ def inner_product(flat, weight, bias, transpose, record=None):
         out = candidates[name]()
     else:
         name, out = _choose(key, candidates)
+        if out is None:
+            out = candidates[name]()
     if record is not None:
         record['forward'] = name
     return out

@@ -127,6 +127,9 @@ def parse_args(argv=None):
     p.add_argument('--passes', default=','.join(PASSES),
                    help='comma-separated, of %s (default all)' % ', '.join(PASSES))
     p.add_argument('--seed', type=int, default=0)
+    p.add_argument('--kernels', choices=('auto', 'plain', 'gemm'),
+                   help="the engine's kernel switch (torchcaffe.kernels; default: "
+                   "TORCHCAFFE_KERNELS, else auto); 'plain' is the engine before it")
     args = p.parse_args(argv)
     bad = [x for x in args.passes.split(',') if x not in PASSES]
     if bad:
@@ -521,6 +524,38 @@ def onnxruntime_vs_opencv(rows):
     return out
 
 
+# Issue 21's targets: (pass, numerator, denominator, most). 'fastest' is the
+# fastest of the engine, the module and onnxruntime.
+TARGETS = (('fwd+bwd', 'engine', 'module', 0.85), ('forward', 'engine', 'module', 0.85),
+           ('forward', 'engine', 'opencv', 1.0), ('forward', 'fastest', 'opencv', 0.75))
+
+
+def target_lines(rows):
+    """One line per net, size and target of :data:`TARGETS` that the rows can
+    answer: the ratio of median times, and whether it meets the target."""
+    ms = {(r['net'], r['size'], r['pass_'], r['impl']): r['median_ms'] for r in rows}
+    cases = sorted({(r['net'], r['size']) for r in rows}, key=lambda c: (c[0], c[1]))
+    lines = []
+    for net, size in cases:
+        for pass_name, top, bottom, most in TARGETS:
+            if top == 'fastest':
+                found = [(ms[(net, size, pass_name, impl)], impl) for impl in
+                         ('engine', 'module', 'onnxruntime') if (net, size, pass_name, impl) in ms]
+                if not found:
+                    continue
+                top_ms, top = min(found)
+            else:
+                top_ms = ms.get((net, size, pass_name, top))
+            bottom_ms = ms.get((net, size, pass_name, bottom))
+            if top_ms is None or not bottom_ms:
+                continue
+            ratio = top_ms / bottom_ms
+            lines.append('target %s %s %s: %s / %s = %.3f (<= %.2f: %s)'
+                         % (net, size, pass_name, top, bottom, ratio, most,
+                            'met' if ratio <= most else 'not met'))
+    return lines
+
+
 def check_line(stage, size, measured):
     """Max abs differences of the other implementations' scores from the engine's."""
     engine = np.asarray(measured['engine'][0], np.float64)
@@ -642,6 +677,9 @@ def run(args):
         sys.exit('--gpu: CUDA is not available to torch')
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.kernels:
+        from torchcaffe import kernels
+        kernels.set_mode(args.kernels)
     set_mode(device)
     apply_precision(args.precision)
     preload(device)
@@ -657,6 +695,8 @@ def run(args):
     print('FCN benchmark on %s; %s; width %g, precision %s, %d warmup + %d timed runs; '
           'peak %s' % (name, versions, args.width, args.precision, args.warmup, args.repeats,
                        '%g TFLOP/s' % peak if peak else 'n/a (give --peak-tflops)'), flush=True)
+    from torchcaffe import kernels
+    print("engine kernels: %s (torchcaffe.kernels)" % kernels.mode())
     if device == 'cuda':
         print('(OpenCV DNN is not run on the GPU: the pip wheel has no CUDA backend)')
     rows, checks = [], []
@@ -704,6 +744,8 @@ def run(args):
     for line in versus:
         print('onnxruntime / OpenCV DNN forward, %(net)s %(size)s: %(ratio).3f '
               '(%(onnxruntime_ms).1f / %(opencv_ms).1f ms)' % line)
+    for line in target_lines(rows):
+        print(line)
     write_json(versus, complete=True)
     return 0
 

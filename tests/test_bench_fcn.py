@@ -218,3 +218,16 @@ def test_quick_run_on_cuda_measures_device_memory(precision, tmp_path):
     rows = json.loads(out.read_text())['rows']
     assert {r['impl'] for r in rows} == {'engine', 'module'}  # no OpenCV on the GPU
     assert all(r['peak_mib'] > 0 and r['median_ms'] > 0 for r in rows)
+
+
+def test_target_lines_give_issue_21s_ratios_and_whether_each_is_met():
+    def row(pass_, impl, ms):
+        return dict(net='fcn8s', size='500x375', pass_=pass_, impl=impl, median_ms=ms)
+    rows = [row('forward', 'engine', 900.0), row('forward', 'module', 1000.0),
+            row('forward', 'opencv', 1200.0), row('forward', 'onnxruntime', 800.0),
+            row('fwd+bwd', 'engine', 3000.0), row('fwd+bwd', 'module', 3200.0)]
+    assert bench_fcn.target_lines(rows) == [
+        'target fcn8s 500x375 fwd+bwd: engine / module = 0.938 (<= 0.85: not met)',
+        'target fcn8s 500x375 forward: engine / module = 0.900 (<= 0.85: not met)',
+        'target fcn8s 500x375 forward: engine / opencv = 0.750 (<= 1.00: met)',
+        'target fcn8s 500x375 forward: onnxruntime / opencv = 0.667 (<= 0.75: met)']

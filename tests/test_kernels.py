@@ -134,7 +134,7 @@ def ids(geometry):
 
 @pytest.fixture(autouse=True)
 def auto_mode(monkeypatch):
-    monkeypatch.delenv('TORCHCAFFE_KERNEL_FILE', raising=False)
+    monkeypatch.setenv('TORCHCAFFE_KERNEL_FILE', 'none')
     previous = kernels.set_mode('auto')
     kernels.clear()
     yield
@@ -374,6 +374,20 @@ def test_a_pinned_choice_is_used_without_measuring_and_new_ones_are_written(
     record = {}
     conv(x, w, b, record).sum().backward()
     assert record == {'forward': 'gemm', 'input': 'gemm', 'weight': 'gemm'}
+
+
+def test_the_pin_file_defaults_to_a_per_machine_cache_and_none_turns_it_off(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv('TORCHCAFFE_KERNEL_FILE')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    path = kernels.pin_file()
+    assert os.path.dirname(path) == str(tmp_path / 'torchcaffe')
+    assert os.path.basename(path).startswith('kernels-' + torch.__version__.replace('+', '+'))
+    kernels.clear()
+    conv(*big_case()).sum().backward()
+    assert len(json.loads(open(path).read())) == 3
+    monkeypatch.setenv('TORCHCAFFE_KERNEL_FILE', 'none')
+    assert kernels.pin_file() is None
 
 
 DETERMINISM_SCRIPT = r'''

@@ -22,7 +22,7 @@ geometry, dtype, thread count) is seen, as cuDNN's benchmark mode does: every
 candidate runs twice on the real tensors, alternating, and the fastest minimum
 wins, but a candidate other than ``torch`` must beat torch's time by
 :data:`MARGIN`, so that noise does not flip a close call between runs. The
-choice is kept for the process (and, with ``TORCHCAFFE_KERNEL_FILE``, on disk).
+choice is kept for the process and in a file per machine (below).
 Candidates agree with the plain path to float32 rounding: they add the products
 of a sum in another order (tests/test_kernels.py).
 
@@ -33,10 +33,13 @@ The switch (``TORCHCAFFE_KERNELS`` or :func:`set_mode`):
 * ``gemm``: im2col + GEMM wherever it applies, without measuring.
 
 Determinism: a choice, once made, is deterministic (same kernels, same threads:
-same bytes). Measured choices may differ between processes on a loaded machine
-when two candidates are within the margin; ``TORCHCAFFE_KERNEL_FILE=path.json``
-pins them: choices found there are used without measuring, new ones are added to
-it. ``plain`` and ``gemm`` never measure.
+same bytes). Measurements could choose differently from one process to the next
+(two candidates within the margin on a loaded machine), so each choice is kept in
+a file per machine (:func:`pin_file`: ``~/.cache/torchcaffe/`` by default,
+``TORCHCAFFE_KERNEL_FILE`` to name another, ``none`` for none): choices found
+there are used without measuring, new ones are added. The same machine and
+thread count then give the same kernels and the same bytes in every process;
+delete the file to measure again. ``plain`` and ``gemm`` never measure.
 
 The plain path is taken regardless of the switch under torch.compile / torch.export
 tracing, for fake or meta tensors and other tensor subclasses, under autocast
@@ -46,6 +49,7 @@ whose im2col columns would pass :data:`MAX_COLUMNS` (where torch wins anyway). O
 same switch drives ``torch.backends.cudnn.benchmark`` (:func:`cudnn_benchmark`).
 """
 import json
+import logging
 import math
 import os
 import threading
@@ -59,7 +63,7 @@ from . import mode as _caffe_mode
 
 __all__ = ['MODES', 'MARGIN', 'MIN_MACS', 'MAX_COLUMNS', 'set_mode', 'mode', 'clear', 'choices',
            'convolution', 'inner_product', 'cudnn_benchmark', 'apply_cudnn_benchmark',
-           'CANDIDATES', 'tracing']
+           'CANDIDATES', 'tracing', 'pin_file']
 
 MODES = ('auto', 'plain', 'gemm')
 
@@ -81,6 +85,8 @@ MAX_COLUMNS = 1 << 24
 
 # Choices kept at most (images of many sizes would otherwise grow the table).
 _MAX_CHOICES = 4096
+
+log = logging.getLogger(__name__)
 
 _lock = threading.Lock()
 _state = {'mode': None, 'file': None, 'loaded': False}
@@ -128,8 +134,32 @@ def choices():
         return {_key_text(k): v for k, v in _choices.items()}
 
 
-def _pin_file():
-    return os.environ.get('TORCHCAFFE_KERNEL_FILE') or None
+def pin_file():
+    """The file that keeps this machine's choices: ``TORCHCAFFE_KERNEL_FILE``, else
+    ``~/.cache/torchcaffe/kernels-<torch version>-<CPU>.json`` (``$XDG_CACHE_HOME``
+    if set); None when ``TORCHCAFFE_KERNEL_FILE`` is ``none`` (choices stay in
+    the process)."""
+    given = os.environ.get('TORCHCAFFE_KERNEL_FILE', '').strip()
+    if given.lower() in ('none', '0', 'off'):
+        return None
+    if given:
+        return given
+    cache = os.environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    tag = '%s-%s' % (torch.__version__, _cpu_name())
+    tag = ''.join(c if c.isalnum() or c in '.+-' else '_' for c in tag)[:120]
+    return os.path.join(cache, 'torchcaffe', 'kernels-%s.json' % tag)
+
+
+def _cpu_name():
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
 
 
 def _key_text(key):
@@ -137,7 +167,7 @@ def _key_text(key):
 
 
 def _load_file():
-    path = _pin_file()
+    path = pin_file()
     with _lock:
         if _state['loaded'] and _state['file'] == path:
             return
@@ -159,9 +189,13 @@ def _save_choice(key, name):
     pinned = _state['pinned']
     pinned[_key_text(key)] = name
     tmp = '%s.tmp%d' % (path, os.getpid())
-    with open(tmp, 'w') as f:
-        json.dump(pinned, f, indent=0, sort_keys=True)
-    os.replace(tmp, path)
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+        with open(tmp, 'w') as f:
+            json.dump(pinned, f, indent=0, sort_keys=True)
+        os.replace(tmp, path)
+    except OSError as err:  # a read-only home: the choice still holds for the process
+        log.warning('kernel choices not saved to %s: %s', path, err)
 
 
 def _choose(key, candidates):

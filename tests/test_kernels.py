@@ -298,6 +298,16 @@ def test_small_convolutions_take_the_plain_path_in_auto_mode():
     assert torch.equal(y, F.conv2d(x, w))
 
 
+def test_convolutions_with_more_positions_than_column_rows_take_the_plain_path_in_auto():
+    x = torch.randn(1, 16, 64, 64, requires_grad=True)
+    w = torch.randn(32, 16, 3, 3, requires_grad=True)
+    assert 62 * 62 > 16 * 9 and 62 * 62 * 32 * 16 * 9 >= kernels.MIN_MACS
+    record = {}
+    y = conv(x, w, None, record)
+    assert record == {'forward': 'plain'} and kernels.choices() == {}
+    assert y.grad_fn.name() == 'ConvolutionBackward0'
+
+
 def test_gemm_mode_forces_gemm_without_measuring(monkeypatch):
     kernels.set_mode('gemm')
     monkeypatch.setattr(kernels.time, 'perf_counter', lambda: 1 / 0)

@@ -44,8 +44,9 @@ delete the file to measure again. ``plain`` and ``gemm`` never measure.
 The plain path is taken regardless of the switch under torch.compile / torch.export
 tracing, for fake or meta tensors and other tensor subclasses, under autocast
 (``set_precision('bf16')``), off the CPU, and, in ``auto``, for convolutions
-smaller than :data:`MIN_MACS` (where the choice cannot pay for its measuring) or
-whose im2col columns would pass :data:`MAX_COLUMNS` (where torch wins anyway). On a GPU the
+smaller than :data:`MIN_MACS` (where the choice cannot pay for its measuring) and
+those with more output positions than rows of im2col columns (where torch wins
+anyway: see :data:`MAX_COLUMNS`). On a GPU the
 same switch drives ``torch.backends.cudnn.benchmark`` (:func:`cudnn_benchmark`).
 """
 import json
@@ -76,11 +77,13 @@ MIN_MACS = 1 << 22
 # Measured rounds per candidate (the minimum counts).
 ROUNDS = 3
 
-# im2col + GEMM is a candidate only while its column buffer stays under this many
-# elements (a 1x1 kernel without padding has none). Past it the convolution has
-# many output positions per weight, where torch's direct kernels win by far (a
-# VGG 3x3 layer at 500 x 500 would need over a GB of columns and lose 2-5x), so
-# measuring it would only cost time and memory.
+# im2col + GEMM is a candidate only where the convolution is one wide matrix
+# product: no more output positions (over the batch) than rows in a column (C x
+# kernel taps), as FCN's fc6 at any image size; 1x1 kernels without padding need
+# no columns and always are. Elsewhere (VGG's 3x3 layers on large maps) torch's
+# direct kernels win by far, and measuring would only cost time, memory and,
+# between near-equal candidates, reproducibility. The columns are also capped at
+# MAX_COLUMNS elements.
 MAX_COLUMNS = 1 << 24
 
 # Choices kept at most (images of many sizes would otherwise grow the table).
@@ -548,7 +551,7 @@ def _worth_choosing(x, weight, geo):
         positions = (math.prod(x.shape[2:]) if geo.transposed
                      else math.prod(geo.out_size(x.shape[2:])))
         rows = weight.numel() // weight.shape[0] * geo.groups
-        if x.shape[0] * positions * rows > MAX_COLUMNS:
+        if x.shape[0] * positions > rows or x.shape[0] * positions * rows > MAX_COLUMNS:
             return False
     # a convolution's output position costs weight.numel() / M multiply-adds, each
     # of M channels; a deconvolution's input position scatters weight.numel() / C

@@ -57,6 +57,8 @@ def parse_args(argv=None):
     p.add_argument('--size', default='160x128', help='WIDTHxHEIGHT (default %(default)s)')
     p.add_argument('--rounds', type=int, default=3, help='timed rounds (default %(default)s)')
     p.add_argument('--threads', type=int, default=2, help='torch threads (default %(default)s)')
+    p.add_argument('--order', default='before,memory,after',
+                   help='the order the configurations run in each round (default %(default)s)')
     p.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     p.add_argument('--all-layers', action='store_true', help='list every layer, not only '
                    'those over 5 ms or with a Caffe figure')
@@ -102,8 +104,12 @@ def main(argv=None):
         return one_run(args)
     runs = {c: [] for c in CONFIGS}
     with tempfile.TemporaryDirectory(prefix='bench_kernels-') as tmp:
+        order = args.order.split(',')
+        if sorted(order) != sorted(CONFIGS):
+            sys.exit('--order must name %s once each' % ', '.join(CONFIGS))
         for _ in range(args.rounds):
-            for config, env in CONFIGS.items():
+            for config in order:
+                env = CONFIGS[config]
                 env = dict(os.environ, TORCHCAFFE_KERNEL_FILE=os.path.join(tmp, 'k.json'),
                            **env)
                 done = subprocess.run([sys.executable, __file__, '--child'] + (argv or sys.argv[1:]),

@@ -5,7 +5,6 @@ repository, plus Caffe zoo nets that are not (GoogLeNet, ResNet, DeepLab's dilat
 convolutions, asymmetric kernels), at toy channel counts and sizes: what is
 tested is the kernel, stride, pad, dilation and group arithmetic.
 """
-import glob
 import hashlib
 import itertools
 import json
@@ -566,9 +565,9 @@ def test_net_results_in_gemm_mode_match_plain_mode_to_rounding():
     for part_plain, part_gemm in zip(results['plain'], results['gemm']):
         assert part_plain.keys() == part_gemm.keys()
         for key in part_plain:
-            for a, b in zip(np.atleast_1d(part_plain[key]) if not isinstance(part_plain[key], list)
-                            else part_plain[key],
-                            np.atleast_1d(part_gemm[key]) if not isinstance(part_gemm[key], list)
-                            else part_gemm[key]):
+            plain = part_plain[key] if isinstance(part_plain[key], list) else [part_plain[key]]
+            gemm = part_gemm[key] if isinstance(part_gemm[key], list) else [part_gemm[key]]
+            assert len(plain) == len(gemm)
+            for a, b in zip(plain, gemm):
                 scale = float(np.abs(a).max()) or 1.0
                 np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5 * scale, err_msg=key)

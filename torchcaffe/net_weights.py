@@ -23,11 +23,7 @@ def copy_trained_layers(net, path):
     path = os.fspath(path)
     h5 = io.is_hdf5_file(path)  # H5Fis_hdf5, as Caffe: the content, not the name
     source = io.read_caffemodel(path)
-    for step in net._steps:
-        step.stale()  # the last forward's graph used the old weights
-    first = {}
-    for step in net._steps:
-        first.setdefault(step.name, step)
+    first = _stale_steps_by_name(net)
     for src in source.layer:
         step = first.get(src.name)
         if step is None:
@@ -81,11 +77,7 @@ def to_proto(net, write_diff=False):
 
 def share_trained_layers(net, other):
     """Caffe's ShareTrainedLayersWith: see :meth:`torchcaffe.Net.share_with`."""
-    for step in net._steps:
-        step.stale()
-    first = {}
-    for step in net._steps:
-        first.setdefault(step.name, step)
+    first = _stale_steps_by_name(net)
     for src in other._steps:
         step = first.get(src.name)
         if step is None:
@@ -102,3 +94,13 @@ def share_trained_layers(net, other):
             if s._data.tensor is None:
                 s._allocate(s._data)
             dst._data = s._data
+
+
+def _stale_steps_by_name(net):
+    """Mark every step's recorded graph stale (it used the old weights) and map each
+    layer name to its first step, the one Caffe's by-name copy and share reach."""
+    first = {}
+    for step in net._steps:
+        step.stale()
+        first.setdefault(step.name, step)
+    return first

@@ -106,20 +106,10 @@ class Builder:
 
     def fresh(self, hint):
         """A value name not used yet: ``hint``, or ``hint_2``, ``hint_3``..."""
-        name, i = hint, 1
-        while name in self._values:
-            i += 1
-            name = '%s_%d' % (hint, i)
-        self._values.add(name)
-        return name
+        return _unused(hint, self._values)
 
     def _node_name(self, hint):
-        name, i = hint, 1
-        while name in self._node_names:
-            i += 1
-            name = '%s_%d' % (hint, i)
-        self._node_names.add(name)
-        return name
+        return _unused(hint, self._node_names)
 
     def op(self, op_type, inputs, hint, top=None, **attrs):
         """Add a node; return its output, ``top`` if given, else a fresh name from ``hint``."""
@@ -204,3 +194,13 @@ class Builder:
         target = parts[0] if len(parts) == 1 else self.op('Concat', parts,
                                                           name + '/shape_to', axis=0)
         return self.op('Reshape', [x, target], name, top=top)
+
+
+def _unused(hint, taken):
+    """``hint``, or ``hint_2``, ``hint_3``... whichever is not in ``taken``; added to it."""
+    name, i = hint, 1
+    while name in taken:
+        i += 1
+        name = '%s_%d' % (hint, i)
+    taken.add(name)
+    return name

@@ -1,7 +1,9 @@
 """Converters of the normalisation layers (torchcaffe/layer_types/normalization.py):
 BatchNorm, MVN, LRN."""
 import numpy as np
+import torch
 
+from ..layer_types.normalization import batch_norm_statistics
 from ..proto import caffe_pb2
 from .core import converts
 
@@ -10,17 +12,17 @@ _LRN = caffe_pb2.LRNParameter
 
 def batch_norm_constants(mean_sum, var_sum, factor, eps):
     """(mean, sqrt(var + eps)) in float32, as the engine computes them from Caffe's
-    three blobs: the running sums times ``1 / factor`` (0 when the moving-average
-    factor is 0, batch_norm_layer.cpp), then ``eps`` added in float32.
+    three blobs: :func:`~torchcaffe.layer_types.normalization.batch_norm_statistics`
+    (the running sums times ``1 / factor``, 0 when the moving-average factor is 0,
+    batch_norm_layer.cpp), then ``eps`` added in float32.
 
     >>> m, d = batch_norm_constants(np.float32([4]), np.float32([8]), np.float32([2]), 0)
     >>> float(m[0]), float(d[0])
     (2.0, 2.0)
     """
-    factor = np.float32(np.asarray(factor, np.float32).reshape(()))
-    scale = np.float32(0) if factor == 0 else np.float32(1) / factor
-    mean = np.asarray(mean_sum, np.float32) * scale
-    var = np.asarray(var_sum, np.float32) * scale
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a, np.float32))  # noqa: E731
+    mean, var = (t.numpy() for t in batch_norm_statistics(
+        as_tensor(mean_sum), as_tensor(var_sum), as_tensor(factor).reshape(())))
     return mean, np.sqrt(var + np.float32(eps))
 
 

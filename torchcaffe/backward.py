@@ -291,13 +291,10 @@ def _per_layer_walk(net, start, end):
 
 def _python_backward(step):
     """A Python layer's own backward, called as Caffe's PythonLayer::Backward calls it."""
-    layer = step.runner.layer
-    if not hasattr(layer, 'backward'):
-        if any(step.bottom_need) or any(step.param_train):
-            raise CaffeError('layer %r (Python): %s has no backward() but a gradient is '
-                             'needed' % (step.name, type(layer).__name__))
-        return
-    layer.backward(step.tops, list(step.bottom_need), step.bottoms)
+    if not hasattr(step.runner.layer, 'backward') \
+            and not (any(step.bottom_need) or any(step.param_train)):
+        return  # nothing asked of it: a layer without backward() is fine
+    step.runner.call_backward(step.bottom_need)
 
 
 def _no_top_backward(step):

@@ -357,17 +357,22 @@ class PythonLayerRunner:
         """Run through autograd; ``inputs`` are the bottom tensors then the params'."""
         return _PythonFunction.apply(self, len(self.bottoms), *inputs)
 
-    def backward(self, grads, propagate_down):
+    def call_backward(self, propagate_down):
+        """The layer's own ``backward(top, propagate_down, bottom)`` on the blobs as they
+        stand, as Caffe's PythonLayer::Backward calls it."""
         if not hasattr(self.layer, 'backward'):
             raise CaffeError('layer %r (Python): %s has no backward() but a gradient is '
                              'needed' % (self.name, type(self.layer).__name__))
+        self.layer.backward(self.tops, list(propagate_down), self.bottoms)
+
+    def backward(self, grads, propagate_down):
         for blob, grad in zip(self.tops, grads):
             # A copy: the layer may write into it, and autograd may share the tensor.
             blob._diff.set(grad.detach().clone())
         for blob, down in zip(self.bottoms, propagate_down):
             if down and id(blob) not in self.top_ids:
                 blob._diff.tensor = None  # zeros for the layer to fill
-        self.layer.backward(self.tops, list(propagate_down), self.bottoms)
+        self.call_backward(propagate_down)
         return [blob.diff_tensor().clone() if down else None
                 for blob, down in zip(self.bottoms, propagate_down)]
 

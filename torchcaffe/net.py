@@ -457,8 +457,7 @@ class Net:
         if not 0 <= start <= end < len(self._steps):
             raise CaffeError('forward from layer %d to %d is out of range (%d layers)'
                              % (start, end, len(self._steps)))
-        if self._mode_version != mode.version():
-            self.sync_device()
+        self.sync_device()
         force_backward = self.force_backward
         steps = self._steps[start:end + 1]
         # Drop the previous graph now rather than when its last tensor is replaced,
@@ -553,8 +552,7 @@ class Net:
         ``forward_backward`` and the solver run that way; a second backward then
         recomputes each layer.
         """
-        if self._mode_version != mode.version():
-            self.sync_device()
+        self.sync_device()
         start = len(self._steps) - 1 if start is None else start
         seeded_blobs = [self._blobs[name] for name in seeded]
         backward_walk.run_backward(self, start, end, seeded_blobs, retain_graph)

@@ -132,8 +132,7 @@ class Step:
             if not in_place and t is not None and t.grad_fn is not None:
                 blob._data.tensor = t.detach()
         self.loss_outputs = {}
-        self.last_bottoms = ()
-        self.forward_state = None
+        self.stale()
 
     def stale(self):
         """After a reshape or new weights: the last forward's graph no longer holds."""

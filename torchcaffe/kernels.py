@@ -94,6 +94,7 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 _state = {'mode': None, 'file': None, 'loaded': False}
 _choices = {}
+_worth = {}  # key -> whether measuring pays for it (_worth_choosing, a pure function)
 
 
 def _env_mode():
@@ -245,10 +246,11 @@ def _remember(key, name, save=True):
 # ---------------------------------------------------------------------- when to choose
 
 def tracing():
-    """Whether torch.compile, torch.jit or torch.onnx is tracing now (the plain path
-    is then the one to record)."""
+    """Whether torch.compile, torch.export, torch.jit or torch.onnx is tracing now
+    (the plain path is then the one to record)."""
     compiler = getattr(torch, 'compiler', None)
-    if compiler is not None and compiler.is_compiling():
+    if compiler is not None and any(getattr(compiler, name, lambda: False)()
+                                    for name in ('is_compiling', 'is_exporting')):
         return True
     return torch.jit.is_tracing() or torch.onnx.is_in_onnx_export()
 
@@ -527,14 +529,20 @@ def convolution(x, weight, bias, stride, pad, dilation, groups, transposed=False
         raise ValueError('unknown convolution kernel %r: choose one of %s'
                          % (force, ', '.join(CANDIDATES)))
     geo = _Geometry(weight.shape[2:], stride, pad, dilation, groups, transposed)
-    if not _eligible(x, weight) or (force is None and not _worth_choosing(x, weight, geo)):
+    key = (mode(), 'deconv' if transposed else 'conv', tuple(x.shape), tuple(weight.shape),
+           geo.stride, geo.pad, geo.dilation, groups, bias is not None,
+           str(x.dtype).replace('torch.', ''), torch.get_num_threads())
+    if force is None:
+        worth = _worth.get(key)
+        if worth is None:
+            if len(_worth) >= _MAX_CHOICES:
+                _worth.clear()
+            worth = _worth[key] = _worth_choosing(x, weight, geo)
+    if not _eligible(x, weight) or (force is None and not worth):
         if record is not None:
             record.clear()
             record['forward'] = 'plain'
         return _plain(x, weight, bias, stride, pad, dilation, groups, transposed)
-    key = (mode(), 'deconv' if transposed else 'conv', tuple(x.shape), tuple(weight.shape),
-           geo.stride, geo.pad, geo.dilation, groups, bias is not None,
-           str(x.dtype).replace('torch.', ''), torch.get_num_threads())
     if record is not None:
         record.clear()
     return _Convolution.apply(x, weight, bias, geo, key, record, force)
@@ -545,17 +553,15 @@ def _worth_choosing(x, weight, geo):
     small enough for im2col + GEMM to stand a chance ('auto' only)."""
     if mode() == 'gemm':
         return True
+    # a convolution's columns are (C k, out positions); a deconvolution's col2im
+    # input is (M k, in positions)
+    positions = math.prod(x.shape[2:]) if geo.transposed else math.prod(geo.out_size(x.shape[2:]))
     if not geo.pointwise:
-        # a convolution's columns are (C k, out positions); a deconvolution's
-        # col2im input is (M k, in positions)
-        positions = (math.prod(x.shape[2:]) if geo.transposed
-                     else math.prod(geo.out_size(x.shape[2:])))
         rows = weight.numel() // weight.shape[0] * geo.groups
         if x.shape[0] * positions > rows or x.shape[0] * positions * rows > MAX_COLUMNS:
             return False
     # a convolution's output position costs weight.numel() / M multiply-adds, each
     # of M channels; a deconvolution's input position scatters weight.numel() / C
-    positions = math.prod(x.shape[2:]) if geo.transposed else math.prod(geo.out_size(x.shape[2:]))
     channels = x.shape[1] if geo.transposed else weight.shape[0]
     macs = x.shape[0] * positions * channels * (weight.numel() // weight.shape[0])
     return macs >= MIN_MACS

@@ -27,21 +27,9 @@ import torch
 from torch import nn
 
 from .errors import CaffeError, ShapeError
+from .kernels import tracing
 
 __all__ = ['NetModule', 'set_base_lr']
-
-
-def _tracing():
-    """Whether torch.compile or torch.export is tracing the forward: the eager-only
-    checks (shapes, input names) are left out then, as they only raise."""
-    compiler = getattr(torch, 'compiler', None)
-    if compiler is None:
-        return False
-    for name in ('is_compiling', 'is_exporting'):
-        check = getattr(compiler, name, None)
-        if check is not None and check():
-            return True
-    return False
 
 
 def _f32(x):
@@ -197,12 +185,12 @@ class NetModule(nn.Module):
                     raise CaffeError('net %r module: input %r given by position and by name'
                                      % (self.net_name, name))
                 inputs[name] = value
-        if not _tracing():
+        if not tracing():
             self._check_inputs(inputs)
         return _run(self, inputs)
 
     def _run(self, inputs):
-        tracing = _tracing()
+        traced = tracing()
         values = {}
         for plan in self._plans:
             kind = plan.kind
@@ -217,7 +205,7 @@ class NetModule(nn.Module):
             if kind == 'python':
                 tops = self._run_python(plan, bottoms, params)
             else:
-                if not tracing:
+                if not traced:
                     self._check_shapes(plan, bottoms)
                 tops = plan.step.layer.forward(bottoms, params)
             for name, t in zip(plan.tops, tops):
@@ -276,7 +264,7 @@ class NetModule(nn.Module):
         layer's own learnable blobs get their gradients in their diffs, as the
         layer's backward writes them, not in the parameters' ``.grad``."""
         step = plan.step
-        if _tracing():
+        if tracing():
             raise CaffeError('layer %r (Python) works on blobs and cannot be traced by '
                              'torch.compile or torch.export' % step.name)
         if not plan.bottoms and not params:

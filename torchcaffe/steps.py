@@ -107,8 +107,15 @@ class Step:
         self.record(tensors)
 
     def check_shapes(self, shapes):
-        """Validate new bottom shapes (Caffe's Reshape); return the top shapes."""
+        """Validate new bottom shapes (Caffe's Reshape), keep them; return the top shapes."""
         shapes = [tuple(s) for s in shapes]
+        top_shapes = self.top_shapes(shapes)
+        self.shapes = shapes
+        return top_shapes
+
+    def top_shapes(self, shapes):
+        """The top shapes for these bottom shapes, or a ShapeError naming the layer
+        (also when they need learnable blobs of other shapes than the layer's)."""
         layer = self.layer
         try:
             top_shapes = layer.top_shapes(shapes)
@@ -121,7 +128,6 @@ class Step:
             if repr(self.name) in str(err):
                 raise
             raise ShapeError('layer %r (%s): %s' % (self.name, self.lp.type, err)) from err
-        self.shapes = shapes
         return top_shapes
 
     def release(self):

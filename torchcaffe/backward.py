@@ -359,12 +359,9 @@ def _recompute_bottoms(step):
 def _recompute_params(step):
     """The params as leaves (trained ones requiring grad), and the views the layer
     computes with (a permissive share in this layer's shape)."""
-    copy = getattr(step.layer, 'forward_updates_params', False)
     leaves, views = [], []
     for blob, shape, train in zip(step.params, step.param_shapes, step.param_train):
         leaf = blob.data_tensor().detach()
-        if copy:
-            leaf = leaf.clone()  # the forward's in-place updates must not happen twice
         if train and leaf.is_floating_point():
             leaf.requires_grad_(True)
         leaves.append(leaf)

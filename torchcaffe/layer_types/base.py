@@ -77,9 +77,6 @@ class Layer:
     """
     type = None
     is_loss = False
-    # Whether forward writes into its params (BatchNorm's moving averages): a
-    # backward that recomputes the layer then gives it copies.
-    forward_updates_params = False
     bottom_counts = (1, 1)
     top_counts = (1, 1)
 

@@ -3,6 +3,8 @@
 BatchNorm keeps running statistics in its three blobs and updates them during a
 TRAIN forward; MVN and LRN have no blobs.
 """
+import contextlib
+
 import torch
 import torch.nn.functional as F
 
@@ -58,7 +60,7 @@ class BatchNorm(Layer):
     never get a gradient, even under force_backward (Caffe's backward writes none).
     """
     type = 'BatchNorm'
-    forward_updates_params = True
+    _replaying = False  # inside recompute(): the moving averages were updated already
 
     def __init__(self, layer_param, phase):
         super().__init__(layer_param, phase)
@@ -107,9 +109,20 @@ class BatchNorm(Layer):
         centred = x - mean
         var = (centred * centred).mean(dim=dims, keepdim=True)
         top = centred / torch.sqrt(var + self.eps)
-        self._update(mean_sum, var_sum, factor, mean.detach().reshape(-1),
-                     var.detach().reshape(-1), x.numel() // channels)
+        if not self._replaying:
+            self._update(mean_sum, var_sum, factor, mean.detach().reshape(-1),
+                         var.detach().reshape(-1), x.numel() // channels)
         return [top]
+
+    @contextlib.contextmanager
+    def recompute(self):
+        """The last forward again, for a per-layer backward: the moving averages it
+        updated are not updated a second time."""
+        self._replaying = True
+        try:
+            yield
+        finally:
+            self._replaying = False
 
     def _update(self, mean_sum, var_sum, factor, mean, var, m):
         """Caffe's moving averages, written into the blobs' storage."""
